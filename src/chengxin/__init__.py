@@ -1,0 +1,1 @@
+"""chengxin: an accountable social credit system."""

@@ -1,0 +1,5 @@
+"""Command line interface."""
+
+
+def main() -> None:
+    """Entry point."""
