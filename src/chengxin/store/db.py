@@ -1,0 +1,117 @@
+"""Database engines and migrations: a SQLite file by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_DB = "chengxin.sqlite"
+
+
+class DatabaseError(RuntimeError):
+    """The database could not be opened or is not initialised."""
+
+
+def database_url(db: str | None) -> str:
+    """A SQLAlchemy URL from ``--db``: a URL as given, else a SQLite file path."""
+    target = db or DEFAULT_DB
+    if "://" in target:
+        if target.startswith("postgresql://"):
+            return "postgresql+psycopg://" + target.removeprefix("postgresql://")
+        return target
+    return f"sqlite:///{Path(target).expanduser()}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers work while a writer commits; foreign keys are off by
+    # default in SQLite and must be turned on per connection.
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA cache_size=-200000")
+        cur.close()
+
+
+def make_engine(db: str | None) -> Engine:
+    """An engine for ``--db`` with the connection settings chengxin relies on."""
+    url = database_url(db)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin, so a
+        # write transaction takes the lock at BEGIN (no upgrade deadlocks).
+        @event.listens_for(engine, "connect")
+        def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to ``engine``; the caller commits."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session whose work is committed on success and rolled back on error."""
+    with session_factory(engine)() as session, session.begin():
+        yield session
+
+
+def _alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("chengxin.store") / "migrations"))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def migrate(engine: Engine) -> str:
+    """Bring the schema to the newest migration; return the revision."""
+    cfg = _alembic_config(engine)
+    command.upgrade(cfg, "head")
+    return current_revision(engine) or ""
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at, or None if never initialised."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision(engine: Engine) -> str:
+    """The newest migration this version of chengxin ships."""
+    script = ScriptDirectory.from_config(_alembic_config(engine))
+    return str(script.get_current_head())
+
+
+def require_current(engine: Engine) -> None:
+    """Raise :class:`DatabaseError` unless the schema is at the newest migration."""
+    have = current_revision(engine)
+    if have is None:
+        raise DatabaseError(
+            f"{engine.url.render_as_string(hide_password=True)} is not initialised: "
+            "run `chengxin init` first"
+        )
+    want = head_revision(engine)
+    if have != want:
+        raise DatabaseError(f"database schema is at {have}, this chengxin needs {want}: run init")

@@ -1,0 +1,185 @@
+"""The append-only, hash-chained ledger.
+
+Each entry stores the sha256 of its canonical JSON payload and the hash of
+the entry before it::
+
+    entry_hash = sha256(seq | kind | provider | ref | payload_hash | prev_hash)
+
+so changing, inserting or removing any entry breaks every hash after it.
+Erasing a payload after its retention sets ``payload`` to NULL but keeps
+``payload_hash``, so the chain still verifies. Appends take the
+``ledger_head`` row in the same transaction, which serialises writers on
+PostgreSQL (row lock) as SQLite's single writer already does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from chengxin.store.schema import ledger, ledger_head
+
+GENESIS = "0" * 64
+
+
+def canonical_json(payload: Any) -> str:
+    """The one JSON text a payload hashes to: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(text: str) -> str:
+    """Hex sha256 of UTF-8 text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def entry_hash(
+    seq: int, kind: str, provider: str | None, ref: str | None, payload_hash: str, prev: str
+) -> str:
+    """The hash that links entry ``seq`` to the one before it."""
+    return sha256_hex(f"{seq}|{kind}|{provider or ''}|{ref or ''}|{payload_hash}|{prev}")
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """An entry to append (the ledger assigns seq and hashes)."""
+
+    kind: str
+    payload: str  # canonical JSON
+    provider: str | None = None
+    ref: str | None = None
+    subject_id: int | None = None
+    payload_hash: str | None = None  # computed if not given
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The newest entry's sequence number and hash."""
+
+    seq: int
+    entry_hash: str
+
+
+def head(session: Session, *, lock: bool = False) -> Head:
+    """The current head (locking it for an append when ``lock``)."""
+    stmt = select(ledger_head.c.seq, ledger_head.c.entry_hash).where(ledger_head.c.id == 1)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).first()
+    if row is None:
+        session.execute(insert(ledger_head).values(id=1, seq=0, entry_hash=GENESIS))
+        return Head(0, GENESIS)
+    return Head(int(row.seq), str(row.entry_hash))
+
+
+def append(session: Session, entries: Sequence[NewEntry], *, now: datetime) -> list[int]:
+    """Append entries in order; return their sequence numbers."""
+    if not entries:
+        return []
+    top = head(session, lock=True)
+    seq, prev = top.seq, top.entry_hash
+    rows: list[dict[str, Any]] = []
+    for e in entries:
+        seq += 1
+        ph = e.payload_hash or sha256_hex(e.payload)
+        h = entry_hash(seq, e.kind, e.provider, e.ref, ph, prev)
+        rows.append(
+            {
+                "seq": seq,
+                "kind": e.kind,
+                "provider": e.provider,
+                "ref": e.ref,
+                "subject_id": e.subject_id,
+                "payload": e.payload,
+                "payload_hash": ph,
+                "prev_hash": prev,
+                "entry_hash": h,
+                "recorded_at": now,
+            }
+        )
+        prev = h
+    session.execute(insert(ledger), rows)
+    session.execute(
+        update(ledger_head).where(ledger_head.c.id == 1).values(seq=seq, entry_hash=prev)
+    )
+    return [int(r["seq"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of walking the chain."""
+
+    entries: int
+    head_hash: str
+    broken_at: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every entry links and every kept payload matches its hash."""
+        return self.broken_at is None
+
+
+def _rows(session: Session, batch: int) -> Iterator[Any]:
+    last = 0
+    cols = (
+        ledger.c.seq,
+        ledger.c.kind,
+        ledger.c.provider,
+        ledger.c.ref,
+        ledger.c.payload,
+        ledger.c.payload_hash,
+        ledger.c.prev_hash,
+        ledger.c.entry_hash,
+    )
+    while True:
+        rows = session.execute(
+            select(*cols).where(ledger.c.seq > last).order_by(ledger.c.seq).limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        last = int(rows[-1].seq)
+
+
+def verify(
+    session: Session, *, progress: Callable[[int], None] | None = None, batch: int = 50_000
+) -> VerifyResult:
+    """Walk the whole chain; name the first entry that does not verify."""
+    prev = GENESIS
+    expected_seq = 0
+    count = 0
+    for row in _rows(session, batch):
+        expected_seq += 1
+        count += 1
+        if row.seq != expected_seq:
+            return VerifyResult(count, prev, expected_seq, f"entry {expected_seq} is missing")
+        if row.prev_hash != prev:
+            return VerifyResult(
+                count, prev, row.seq, f"entry {row.seq} does not link to entry {row.seq - 1}"
+            )
+        if row.payload is not None and sha256_hex(row.payload) != row.payload_hash:
+            return VerifyResult(
+                count, prev, row.seq, f"entry {row.seq}'s payload does not match its hash"
+            )
+        h = entry_hash(row.seq, row.kind, row.provider, row.ref, row.payload_hash, prev)
+        if h != row.entry_hash:
+            return VerifyResult(count, prev, row.seq, f"entry {row.seq}'s hash does not match")
+        prev = h
+        if progress is not None and count % batch == 0:
+            progress(count)
+    top = head(session)
+    if top.seq != expected_seq or top.entry_hash != prev:
+        return VerifyResult(
+            count, prev, expected_seq + 1, f"the head says entry {top.seq}, the chain ends at "
+            f"{expected_seq}"
+        )
+    if progress is not None:
+        progress(count)
+    return VerifyResult(count, prev)
