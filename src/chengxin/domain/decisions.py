@@ -82,6 +82,13 @@ def principal_reasons(policy: Policy, measure: Measure, result: ScoreResult) -> 
     return tuple(reasons[:MAX_REASONS])
 
 
+def outcome(measure: Measure, *, hit: bool, consent: bool) -> Outcome:
+    """The outcome for a measure whose trigger does or does not hold (rules 2 and 3 above)."""
+    if measure.kind == "sanction":
+        return "deny" if hit else "allow"
+    return "grant" if hit and (consent or not measure.consent_required) else "allow"
+
+
 def decide(
     policy: Policy, measure_code: str, result: ScoreResult, *, consent: bool = False
 ) -> Decision:
@@ -89,13 +96,8 @@ def decide(
     measure = policy.measures_by_code.get(measure_code)
     if measure is None:
         raise UnknownMeasure(measure_code)
-    hit = triggered(policy, measure, result)
-    appeal = measure.appeal or policy.appeal
-    if measure.kind == "sanction":
-        if hit:
-            reasons = principal_reasons(policy, measure, result)
-            return Decision(measure_code, "deny", reasons, policy.label, appeal)
-        return Decision(measure_code, "allow", (), policy.label, None)
-    if hit and (consent or not measure.consent_required):
-        return Decision(measure_code, "grant", (), policy.label, None)
-    return Decision(measure_code, "allow", (), policy.label, None)
+    verdict = outcome(measure, hit=triggered(policy, measure, result), consent=consent)
+    if verdict == "deny":
+        reasons = principal_reasons(policy, measure, result)
+        return Decision(measure_code, "deny", reasons, policy.label, measure.appeal or policy.appeal)
+    return Decision(measure_code, verdict, (), policy.label, None)

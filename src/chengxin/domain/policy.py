@@ -322,6 +322,15 @@ class Policy(_Model):
             return tuple(reversed(self.grades_desc))
         return self.grades_desc
 
+    @cached_property
+    def measure_grades(self) -> dict[str, frozenset[str]]:
+        """For each grade-triggered measure, the grades that trigger it."""
+        return {
+            m.code: self.grades_matching(m.triggered_by)
+            for m in self.measures
+            if m.triggered_by.list is None
+        }
+
     def grades_matching(self, trigger: Trigger) -> frozenset[str]:
         """The set of grades a grade trigger covers (empty for a list trigger).
 
