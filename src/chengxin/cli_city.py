@@ -2,8 +2,185 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import func, select
+
+from chengxin.store.schema import memberships, records, snapshots, subjects
+
+Fmt = Literal["jsonl", "csv", "parquet"]
+
+
+def _bar(label: str) -> Progress:
+    from chengxin.cli import err
+
+    return Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, disable=not err.is_terminal,
+    )
+
+
+def _format_of(path: Path, fmt: str | None) -> Fmt:
+    from chengxin.service.importer import detect_format
+
+    if fmt is not None:
+        if fmt not in ("jsonl", "csv", "parquet"):
+            raise typer.BadParameter("use jsonl, csv or parquet", param_hint="--format")
+        return fmt  # type: ignore[return-value]
+    return detect_format(path)
+
+
+def synth(
+    out_path: Annotated[Path, typer.Option("--out", help="Feed file to write.")] = Path(
+        "feed.jsonl"
+    ),
+    people: Annotated[int, typer.Option(help="People in the city.", min=0)] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same city).")] = 7,
+    end: Annotated[str | None, typer.Option(help="Last day of the feed, YYYY-MM-DD.")] = None,
+    years: Annotated[int, typer.Option(help="Years of records.", min=1)] = 3,
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Write a synthetic city's provider feed (seeded, reproducible)."""
+    from chengxin.cli import emit, fail, guarded, out
+    from chengxin.service.importer import ImportError_
+    from chengxin.synth import CityConfig, write_feed
+
+    with guarded(as_json):
+        try:
+            kind = _format_of(out_path, fmt)
+            last = date.fromisoformat(end) if end else date.today()
+            cfg = CityConfig(people=people, seed=seed, end=last, years=years)
+        except (ValueError, ImportError_) as exc:
+            fail(str(exc), 2, as_json=as_json)
+        started = time.perf_counter()
+        with _bar("synth") as bar:
+            task = bar.add_task("synth", total=None)
+            summary = write_feed(
+                cfg, out_path, kind, progress=lambda done, total: bar.update(
+                    task, completed=done, total=total)
+            )
+        data = {
+            "path": str(out_path), "format": kind, "lines": summary.lines,
+            "retractions": summary.retractions, "amendments": summary.amendments,
+            "bytes": summary.bytes, "seconds": round(time.perf_counter() - started, 2),
+            "by_type": summary.by_type,
+        }
+        if as_json:
+            emit(data)
+        else:
+            out.print(f"wrote {summary.lines} lines ({summary.retractions} retractions, "
+                      f"{summary.amendments} amendments) to {out_path}")
+
+
+def _overview(engine: Any) -> dict[str, Any]:
+    from chengxin.store.db import transaction
+
+    with transaction(engine) as s:
+        grades = dict(s.execute(select(snapshots.c.grade, func.count()).group_by(
+            snapshots.c.grade)).all())
+        lists = dict(s.execute(
+            select(memberships.c.list_code, func.count())
+            .where(memberships.c.left_at.is_(None)).group_by(memberships.c.list_code)).all())
+        n_subjects = s.execute(select(func.count()).select_from(subjects)).scalar_one()
+        n_records = s.execute(select(func.count()).select_from(records)).scalar_one()
+        defaulter = s.execute(
+            select(subjects.c.scheme, subjects.c.value)
+            .join(memberships, memberships.c.subject_id == subjects.c.id)
+            .where(memberships.c.list_code == "judgment-defaulters",
+                   memberships.c.left_at.is_(None), subjects.c.kind == "person")
+            .order_by(subjects.c.id).limit(1)).first()
+        best = s.execute(
+            select(subjects.c.scheme, subjects.c.value)
+            .join(snapshots, snapshots.c.subject_id == subjects.c.id)
+            .where(subjects.c.kind == "person")
+            .order_by(snapshots.c.score.desc(), subjects.c.id).limit(1)).first()
+    return {
+        "subjects": int(n_subjects), "records": int(n_records),
+        "grades": {k: int(v) for k, v in grades.items()},
+        "lists": {k: int(v) for k, v in lists.items()},
+        "defaulter": f"{defaulter[0]}:{defaulter[1]}" if defaulter else None,
+        "best": f"{best[0]}:{best[1]}" if best else None,
+    }
+
+
+def demo(
+    people: Annotated[int, typer.Option(help="People in the synthetic city.", min=100)] = 20_000,
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo files go.")] = Path("."),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Build a synthetic city in a local SQLite file, score it, and print where to look."""
+    from chengxin.cli import emit, guarded, out
+    from chengxin.service.clock import SystemClock
+    from chengxin.service.importer import import_file
+    from chengxin.service.policies import activate, add_policy, read_policy_source
+    from chengxin.store.db import make_engine, migrate, transaction
+    from chengxin.synth import CityConfig, write_feed
+
+    with guarded(as_json):
+        clock = SystemClock()
+        directory.mkdir(parents=True, exist_ok=True)
+        db = directory / "chengxin-demo.sqlite"
+        feed = directory / "chengxin-demo-feed.jsonl"
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        started = time.perf_counter()
+        engine = make_engine(str(db))
+        migrate(engine)
+        with transaction(engine) as session:
+            text, source = read_policy_source("national")
+            stored = add_policy(session, text=text, source=source, now=clock.now())
+            activate(session, policy_id=stored.id, actor="chengxin demo", reason="demo city",
+                     now=clock.now(), effective_from=date(1970, 1, 1))
+        cfg = CityConfig(people=people, seed=seed, end=clock.today())
+        with _bar("synth ") as bar:
+            task = bar.add_task("synth", total=None)
+            feed_summary = write_feed(cfg, feed, "jsonl", progress=lambda d, t: bar.update(
+                task, completed=d, total=t))
+        with _bar("import") as bar:
+            task = bar.add_task("import", total=feed_summary.lines)
+            summary = import_file(engine, feed, clock=clock,
+                                  progress=lambda n: bar.advance(task, n))
+        view = _overview(engine)
+        engine.dispose()
+        seconds = time.perf_counter() - started
+        data = {"db": str(db), "feed": str(feed), "import": summary.as_dict(),
+                "seconds": round(seconds, 1), **view}
+        if as_json:
+            emit(data)
+            return
+        out.print(f"[bold]A synthetic city of {view['subjects']:,} subjects[/] "
+                  f"({people:,} people) with {view['records']:,} records, in {seconds:.1f}s.")
+        out.print(f"database: {db}\nfeed:     {feed} ({summary.rejected} lines rejected"
+                  + (f", see {summary.rejects_file})" if summary.rejects_file else ")"))
+        t = Table("grade", "subjects", title="grades under national@2026.1")
+        order = ["AAA", "AA", "A", "B", "C", "D"]
+        for g in sorted(view["grades"], key=lambda g: order.index(g) if g in order else 99):
+            t.add_row(g, f"{view['grades'][g]:,}")
+        out.print(t)
+        for code, n in sorted(Counter(view["lists"]).items()):
+            out.print(f"list [bold]{code}[/]: {n:,} member(s)")
+        out.print("\n[bold]Where to look next:[/]")
+        if view["defaulter"]:
+            out.print(f"  chengxin explain {view['defaulter']} --db {db}")
+            out.print(f"  chengxin check {view['defaulter']} transport.flight_booking "
+                      f"--service airline --db {db}")
+        if view["best"]:
+            out.print(f"  chengxin explain {view['best']} --db {db}")
+        out.print(f"  chengxin lists judgment-defaulters --masked --db {db}")
+        out.print(f"  chengxin verify --db {db}")
+        out.print(f"  chengxin policy show national")
 
 
 def register(app: typer.Typer) -> None:
     """Add the synthetic-city commands to the CLI."""
+    app.command()(synth)
+    app.command()(demo)
