@@ -99,5 +99,7 @@ def decide(
     verdict = outcome(measure, hit=triggered(policy, measure, result), consent=consent)
     if verdict == "deny":
         reasons = principal_reasons(policy, measure, result)
-        return Decision(measure_code, "deny", reasons, policy.label, measure.appeal or policy.appeal)
+        return Decision(
+            measure_code, "deny", reasons, policy.label, measure.appeal or policy.appeal
+        )
     return Decision(measure_code, verdict, (), policy.label, None)

@@ -42,8 +42,12 @@ AttrType = Literal["int", "str", "bool", "date"]
 #: The longest any negative entry may last under any policy (hard line 4).
 RETENTION_CEILING = Duration(months=120)
 
-_CODE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
-_NAME = r"^[a-z][a-z0-9_-]*$"
+#: Record-type and measure codes: ``societal.traffic_ticket``.
+CODE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+#: Rule, list and policy names: ``judgment-defaulters``.
+NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
+_CODE = CODE_PATTERN
+_NAME = NAME_PATTERN
 
 
 def _duration(value: object) -> Duration:
@@ -316,8 +320,7 @@ class Policy(_Model):
 
     @cached_property
     def grades_best_first(self) -> tuple[Grade, ...]:
-        """Grades from the best to the worst: highest ``min`` first on a score scale,
-        lowest first when penalty points count upward."""
+        """Grades best first: highest ``min`` first on a score scale, lowest for penalty points."""
         if self.scale.mode == "penalty_points":
             return tuple(reversed(self.grades_desc))
         return self.grades_desc

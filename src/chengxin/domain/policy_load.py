@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from chengxin.domain.durations import DurationError
 from chengxin.domain.expr import ExprError
 from chengxin.domain.hardlines import COLLECTIVE_KEYS, HardLine
-from chengxin.domain.policy import Policy
+from chengxin.domain.policy import CODE_PATTERN, NAME_PATTERN, Policy
 
 Path = tuple[str | int, ...]
 
@@ -65,6 +65,9 @@ def render_path(path: Path) -> str:
     return out or "(document)"
 
 
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
+
 class _Reader:
     """Turns composed YAML nodes into data, remembering the line of every path."""
 
@@ -100,6 +103,15 @@ class _Reader:
         if self._count > self.MAX_NODES:
             return None
         inner = active | {id(node)}
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+            self.problems.append(
+                Problem(
+                    render_path(path),
+                    f"not a plain YAML value: the tag '{node.tag}' is not allowed",
+                    self.lines[path],
+                )
+            )
+            return None
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -166,13 +178,16 @@ class _Reader:
 def _fields_at(model: type[BaseModel], path: Path) -> list[str]:
     """The field names allowed at ``path`` (for 'did you mean' suggestions)."""
     current: Any = model
+    keyed = False  # the next part is a key of a mapping of models (record attributes)
     for part in path:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         info = getattr(current, "model_fields", {}).get(part)
         if info is None:
             return []
         ann = info.annotation
+        keyed = get_origin(ann) is dict
         found = None
         for cand in (ann, *getattr(ann, "__args__", ())):
             for sub in (cand, *getattr(cand, "__args__", ())):
@@ -210,12 +225,26 @@ def _explain(err: Any, path: Path) -> tuple[str, int | None]:
     if isinstance(cause, DurationError):
         return str(cause), None
     msg = str(err["msg"]).removeprefix("Value error, ")
-    if kind.endswith(("_type", "_parsing")) or kind in _SHOW_INPUT:
+    # Authors write YAML lists; the model keeps them as tuples.
+    msg = msg.replace("a valid tuple", "a list").replace("Tuple should", "The list should")
+    if kind == "string_pattern_mismatch":
+        msg = _PATTERNS.get(str(ctx.get("pattern")), msg)
+    shows_input = kind.startswith(("int_", "bool_")) or kind.endswith(("_type", "_parsing"))
+    if shows_input or kind in _SHOW_INPUT:
         msg = f"{msg} (got {err.get('input')!r})"
     if kind == "string_type" and isinstance(err.get("input"), int | float):
         msg += "; put quotes around it"
     return msg, None
 
+
+# What the model's patterns mean, in words.
+_PATTERNS = {
+    CODE_PATTERN: "should be lower-case words joined by dots, e.g. 'societal.traffic_ticket'",
+    NAME_PATTERN: (
+        "should be a lower-case name of letters, digits, '-' and '_', e.g. 'judgment-defaulters'"
+    ),
+    r"^[a-z][a-z0-9_]*$": "should be a lower-case name of letters, digits and '_'",
+}
 
 # Pydantic error types whose message does not already show what was written.
 _SHOW_INPUT = frozenset(
