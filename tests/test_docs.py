@@ -40,7 +40,9 @@ def test_every_command_and_option_is_documented() -> None:
                         assert opt in doc, f"option {opt} of `chengxin {name}` is undocumented"
 
 
-def _public_defs(body: list[ast.stmt]) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+def _public_defs(
+    body: list[ast.stmt],
+) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
     """Module-level functions and classes, and the methods of public classes."""
     out: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef] = []
     for node in body:

@@ -55,6 +55,9 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     assert "chengxin explain" in done.stdout
     check = subprocess.run(
         [str(exe), "verify", "--db", str(tmp_path / "chengxin-demo.sqlite")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from chengxin.domain.identifiers import (
@@ -23,10 +23,22 @@ from chengxin.domain.identifiers import (
 from chengxin.domain.policy import AttributeSpec, Policy
 
 TOP_LEVEL = frozenset(
-    {"provider", "ref", "subject", "type", "occurred_at", "attributes", "evidence",
-     "retracts", "amends", "reason"}
+    {
+        "provider",
+        "ref",
+        "subject",
+        "type",
+        "occurred_at",
+        "attributes",
+        "evidence",
+        "retracts",
+        "amends",
+        "reason",
+    }
 )
 SUBJECT_FIELDS = frozenset({"scheme", "id", "kind", "name"})
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+"""The range of an ``int`` attribute (signed 64-bit)."""
 
 
 class RecordRejected(ValueError):
@@ -111,10 +123,14 @@ def _text(raw: Mapping[str, Any], key: str, *, required: bool, limit: int) -> st
 
 def parse_date(value: Any, where: str) -> date:
     """An ISO ``YYYY-MM-DD`` date, or a RecordRejected naming ``where``."""
+    if isinstance(value, datetime):
+        return value.date()  # a timestamp (Parquet, say): the day is what counts
     if isinstance(value, date):
         return value
     if not isinstance(value, str):
-        raise RecordRejected("bad_date", f"'{where}' must be a date YYYY-MM-DD, got {value!r}", where)
+        raise RecordRejected(
+            "bad_date", f"'{where}' must be a date YYYY-MM-DD, got {value!r}", where
+        )
     text = value.strip()
     if len(text) > 10 and text[10] in "T ":
         text = text[:10]  # a timestamp: the day is what counts
@@ -129,10 +145,17 @@ def parse_date(value: Any, where: str) -> date:
 def _attribute(name: str, spec: AttributeSpec, value: Any, where: str) -> Any:
     if spec.type == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+            if not (isinstance(value, float) and value.is_integer()):
+                raise RecordRejected(
+                    "bad_attribute",
+                    f"attribute '{name}' must be a whole number, got {value!r}",
+                    where,
+                )
+            value = int(value)
+        if not INT_MIN <= value <= INT_MAX:
+            # Stored and scored as 64-bit integers (PostgreSQL BIGINT, DuckDB BIGINT).
             raise RecordRejected(
-                "bad_attribute", f"attribute '{name}' must be a whole number, got {value!r}", where
+                "bad_attribute", f"attribute '{name}' is out of the 64-bit range: {value}", where
             )
         return value
     if spec.type == "bool":
@@ -189,15 +212,20 @@ def check_attributes(policy: Policy, type_code: str, raw: Any) -> dict[str, Any]
 def _subject(raw: Any) -> SubjectRef:
     if not isinstance(raw, Mapping):
         raise RecordRejected("missing_field", "'subject' is required (scheme, id, kind)", "subject")
-    unknown = set(raw) - SUBJECT_FIELDS
+    unknown = sorted(set(raw) - SUBJECT_FIELDS)
     if unknown:
         raise RecordRejected(
-            "unknown_field", f"unknown subject field '{sorted(unknown)[0]}'", "subject"
+            "unknown_field", f"unknown subject field '{unknown[0]}'", f"subject.{unknown[0]}"
         )
     scheme = _text(raw, "scheme", required=True, limit=16) or ""
     value = raw.get("id")
-    if not isinstance(value, str) or not value.strip():
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise RecordRejected("missing_field", "'subject.id' is required", "subject.id")
+    if not isinstance(value, str):
+        # A number would lose leading zeros and cannot hold a check character 'X'.
+        raise RecordRejected(
+            "bad_type", f"'subject.id' must be text, got {type(value).__name__}", "subject.id"
+        )
     try:
         sid = parse_identifier(scheme, value)
     except InvalidIdentifier as exc:
@@ -216,9 +244,9 @@ def _subject(raw: Any) -> SubjectRef:
 
 def check_submission(raw: Mapping[str, Any], policy: Policy, *, today: date) -> Submission:
     """Check one submitted line against ``policy``; raise RecordRejected with the reason."""
-    unknown = set(raw) - TOP_LEVEL
+    unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
-        raise RecordRejected("unknown_field", f"unknown field '{sorted(unknown)[0]}'", None)
+        raise RecordRejected("unknown_field", f"unknown field '{unknown[0]}'", unknown[0])
     provider = _text(raw, "provider", required=True, limit=64) or ""
     ref = _text(raw, "ref", required=True, limit=200) or ""
     retracts = _text(raw, "retracts", required=False, limit=200)
@@ -251,19 +279,29 @@ def check_submission(raw: Mapping[str, Any], policy: Policy, *, today: date) -> 
     occurred = parse_date(raw.get("occurred_at"), "occurred_at")
     if occurred > today:
         raise RecordRejected(
-            "future_date", f"occurred_at {occurred} is in the future (today is {today})",
+            "future_date",
+            f"occurred_at {occurred} is in the future (today is {today})",
             "occurred_at",
         )
     if subject.id.scheme == "cn-rid":
         born = rid_birth_date(subject.id.value)
         if occurred < born:
             raise RecordRejected(
-                "before_birth", f"occurred_at {occurred} is before the subject's birth ({born})",
+                "before_birth",
+                f"occurred_at {occurred} is before the subject's birth ({born})",
                 "occurred_at",
             )
     attributes = check_attributes(policy, type_code, raw.get("attributes"))
     evidence = _text(raw, "evidence", required=False, limit=200)
     return Submission(
-        provider, ref, subject, type_code, rtype.domain, occurred, attributes, evidence,
-        amends=amends, reason=reason,
+        provider,
+        ref,
+        subject,
+        type_code,
+        rtype.domain,
+        occurred,
+        attributes,
+        evidence,
+        amends=amends,
+        reason=reason,
     )

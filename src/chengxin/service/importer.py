@@ -27,8 +27,19 @@ from chengxin.store.db import transaction
 
 Format = Literal["jsonl", "csv", "parquet"]
 CSV_COLUMNS = (
-    "provider", "ref", "subject.scheme", "subject.id", "subject.kind", "subject.name", "type",
-    "occurred_at", "attributes", "evidence", "retracts", "amends", "reason",
+    "provider",
+    "ref",
+    "subject.scheme",
+    "subject.id",
+    "subject.kind",
+    "subject.name",
+    "type",
+    "occurred_at",
+    "attributes",
+    "evidence",
+    "retracts",
+    "amends",
+    "reason",
 )
 Line = tuple[int, Mapping[str, Any] | RecordRejected]
 
@@ -59,16 +70,20 @@ def _jsonl(path: Path) -> Iterator[Line]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield number, RecordRejected(
-                    "bad_encoding",
-                    f"line is not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}",
+                yield (
+                    number,
+                    RecordRejected(
+                        "bad_encoding",
+                        f"line is not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}",
+                    ),
                 )
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield number, RecordRejected(
-                    "bad_json", f"not valid JSON: {exc.msg} at column {exc.colno}"
+                yield (
+                    number,
+                    RecordRejected("bad_json", f"not valid JSON: {exc.msg} at column {exc.colno}"),
                 )
                 continue
             if not isinstance(obj, dict):
@@ -105,7 +120,8 @@ def _check_header(columns: list[str], path: Path) -> None:
     unknown = [c for c in columns if c not in CSV_COLUMNS]
     if unknown:
         raise ImportError_(
-            f"{path.name}: unknown column(s) {', '.join(unknown)}; expected {', '.join(CSV_COLUMNS)}"
+            f"{path.name}: unknown column(s) {', '.join(unknown)}; "
+            f"expected {', '.join(CSV_COLUMNS)}"
         )
 
 
@@ -206,7 +222,8 @@ def import_file(
     reject_fh = None
     try:
         with transaction(engine) as session:
-            policy = active_policy(session).policy
+            # The policy in force today, not one activated to start later.
+            policy = active_policy(session, on=clock.today()).policy
         batch: list[Line] = []
 
         def flush() -> None:

@@ -6,7 +6,8 @@ For a batch of lines (one API call, or one chunk of a file import):
 2. ``(provider, ref)`` is the idempotency key: a line whose key is already
    stored with the same content is a *duplicate* (reported, nothing added);
    with different content it is a *conflict* (rejected, the stored entry
-   kept);
+   kept); the ledger head is locked before the keys are looked up, so
+   concurrent batches are serialised and see each other's lines;
 3. a retraction or amendment must name a record of the same provider that
    still counts;
 4. accepted lines are appended to the hash-chained ledger, projected into
@@ -80,7 +81,10 @@ def _targets(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, s
     for part in repo.chunks(keys, 400):
         rows = session.execute(
             select(
-                records.c.id, records.c.provider, records.c.ref, records.c.subject_id,
+                records.c.id,
+                records.c.provider,
+                records.c.ref,
+                records.c.subject_id,
                 records.c.status,
             ).where(tuple_(records.c.provider, records.c.ref).in_(part))
         )
@@ -89,14 +93,18 @@ def _targets(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, s
     return out
 
 
-def _stored_hashes(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int]]:
+def _stored_hashes(
+    session: Session, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, int]]:
     from chengxin.store.schema import ledger as ledger_table
 
     out: dict[tuple[str, str], tuple[str, int]] = {}
     for part in repo.chunks(keys, 400):
         rows = session.execute(
             select(
-                ledger_table.c.provider, ledger_table.c.ref, ledger_table.c.payload_hash,
+                ledger_table.c.provider,
+                ledger_table.c.ref,
+                ledger_table.c.payload_hash,
                 ledger_table.c.seq,
             ).where(tuple_(ledger_table.c.provider, ledger_table.c.ref).in_(part))
         )
@@ -105,34 +113,18 @@ def _stored_hashes(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[
     return out
 
 
-def _subjects(session: Session, subs: list[Submission], now: datetime) -> dict[tuple[str, str], tuple[int, str]]:
-    keys = sorted({(s.subject.id.scheme, s.subject.id.value) for s in subs if s.subject})
-    known = repo.subject_ids(session, keys)
-    new_rows: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    for s in subs:
-        if s.subject is None:
-            continue
-        key = (s.subject.id.scheme, s.subject.id.value)
-        if key in known or key in seen:
-            continue
-        seen.add(key)
-        sid = s.subject.id
-        new_rows.append(
-            {
-                "scheme": sid.scheme,
-                "value": sid.value,
-                "kind": s.subject.kind,
-                "name": s.subject.name,
-                "region": region_of(sid),
-                "birth_date": rid_birth_date(sid.value) if sid.scheme == "cn-rid" else None,
-                "created_at": now,
-            }
-        )
-    if new_rows:
-        repo.insert_subjects(session, new_rows)
-        known.update(repo.subject_ids(session, [(r["scheme"], r["value"]) for r in new_rows]))
-    return known
+def _subject_row(sub: Submission, now: datetime) -> dict[str, Any]:
+    assert sub.subject is not None
+    sid = sub.subject.id
+    return {
+        "scheme": sid.scheme,
+        "value": sid.value,
+        "kind": sub.subject.kind,
+        "name": sub.subject.name,
+        "region": region_of(sid),
+        "birth_date": rid_birth_date(sid.value) if sid.scheme == "cn-rid" else None,
+        "created_at": now,
+    }
 
 
 def ingest_batch(
@@ -160,16 +152,31 @@ def ingest_batch(
             continue
         checked.append((line_no, sub, ledger.canonical_json(sub.payload())))
 
+    if checked:
+        # Take the ledger head (a row lock on PostgreSQL; SQLite's writer lock is already
+        # held) before looking for stored keys, so a batch racing another with the same
+        # lines sees them as duplicates rather than failing on the unique key.
+        ledger.head(session, lock=True)
     keys = list({(s.provider, s.ref) for _, s, _ in checked})
     stored = _stored_hashes(session, keys)
     target_keys = list(
-        {(s.provider, s.retracts or s.amends or "") for _, s, _ in checked if s.retracts or s.amends}
+        {
+            (s.provider, s.retracts or s.amends or "")
+            for _, s, _ in checked
+            if s.retracts or s.amends
+        }
     )
     targets = _targets(session, target_keys)
-    subject_map = _subjects(session, [s for _, s, _ in checked], now)
+    subject_map = repo.subject_ids(
+        session,
+        sorted({(s.subject.id.scheme, s.subject.id.value) for _, s, _ in checked if s.subject}),
+    )
+    # Subjects are created only for accepted lines: a refused line stores nothing.
+    new_subjects: dict[tuple[str, str], dict[str, Any]] = {}
 
     accepted: list[tuple[int, Submission, str, str]] = []
     pending: dict[tuple[str, str], str] = {}
+    pending_records: set[tuple[str, str]] = set()  # accepted lines that create a record
     pending_targets: dict[tuple[str, str], Submission] = {}
     for line_no, sub, payload in checked:
         key = (sub.provider, sub.ref)
@@ -182,20 +189,32 @@ def ingest_batch(
             else:
                 report.results.append(
                     LineResult(
-                        line_no, "rejected", sub.ref, code="conflict",
+                        line_no,
+                        "rejected",
+                        sub.ref,
+                        code="conflict",
                         message=f"({sub.provider}, {sub.ref}) is already stored with different "
                         "content; send a correction with its own ref and 'amends'",
                         field="ref",
                     )
                 )
             continue
+        skey = None
         if sub.subject is not None:
             skey = (sub.subject.id.scheme, sub.subject.id.value)
-            stored_kind = subject_map[skey][1]
+            if skey in subject_map:
+                stored_kind = subject_map[skey][1]
+            elif skey in new_subjects:  # created by an earlier line of this batch
+                stored_kind = new_subjects[skey]["kind"]
+            else:
+                stored_kind = sub.subject.kind
             if stored_kind != sub.subject.kind:
                 report.results.append(
                     LineResult(
-                        line_no, "rejected", sub.ref, code="wrong_subject_kind",
+                        line_no,
+                        "rejected",
+                        sub.ref,
+                        code="wrong_subject_kind",
                         message=f"subject {sub.subject.id} is registered as a {stored_kind}, "
                         f"not a {sub.subject.kind}",
                         field="subject.kind",
@@ -208,8 +227,8 @@ def ingest_batch(
             problem = None
             if tkey in pending_targets:
                 problem = f"record {target_ref} is already retracted or amended in this batch"
-            elif tkey in pending:
-                pass  # retracting something earlier in the same batch
+            elif tkey in pending_records:
+                pass  # retracting or amending a record earlier in the same batch
             elif tkey not in targets:
                 problem = f"provider {sub.provider} has no record with ref {target_ref}"
             elif targets[tkey].status not in ("active", "disputed"):
@@ -217,18 +236,29 @@ def ingest_batch(
             if problem is not None:
                 report.results.append(
                     LineResult(
-                        line_no, "rejected", sub.ref, code="bad_reference", message=problem,
+                        line_no,
+                        "rejected",
+                        sub.ref,
+                        code="bad_reference",
+                        message=problem,
                         field="retracts" if sub.retracts else "amends",
                     )
                 )
                 continue
             pending_targets[tkey] = sub
         pending[key] = phash
+        if skey is not None:
+            pending_records.add(key)
+            if skey not in subject_map and skey not in new_subjects:
+                new_subjects[skey] = _subject_row(sub, now)
         accepted.append((line_no, sub, payload, phash))
 
     if not accepted:
         report.results.sort(key=lambda r: r.line)
         return report
+    if new_subjects:
+        repo.insert_subjects(session, list(new_subjects.values()))
+        subject_map.update(repo.subject_ids(session, list(new_subjects)))
 
     entries = []
     batch_subjects: dict[tuple[str, str], int] = {}
@@ -239,13 +269,15 @@ def ingest_batch(
             batch_subjects[(sub.provider, sub.ref)] = subject_id
         else:
             tkey = (sub.provider, sub.retracts or "")
-            subject_id = (
-                targets[tkey].subject_id if tkey in targets else batch_subjects.get(tkey)
-            )
+            subject_id = targets[tkey].subject_id if tkey in targets else batch_subjects.get(tkey)
         entries.append(
             ledger.NewEntry(
-                kind=sub.kind, payload=payload, provider=sub.provider, ref=sub.ref,
-                subject_id=subject_id, payload_hash=phash,
+                kind=sub.kind,
+                payload=payload,
+                provider=sub.provider,
+                ref=sub.ref,
+                subject_id=subject_id,
+                payload_hash=phash,
             )
         )
     seqs = ledger.append(session, entries, now=now)
@@ -264,8 +296,11 @@ def ingest_batch(
             else:
                 target_id, target_subject = targets[tkey].id, targets[tkey].subject_id
             status_updates.append(
-                {"rid": target_id, "new_status": "retracted" if sub.retracts else "superseded",
-                 "sseq": seq}
+                {
+                    "rid": target_id,
+                    "new_status": "retracted" if sub.retracts else "superseded",
+                    "sseq": seq,
+                }
             )
             affected.add(target_subject)
         if sub.subject is None:
