@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -23,7 +23,7 @@ from rich.table import Table
 from chengxin.domain.identifiers import InvalidIdentifier, SubjectId, parse_identifier
 from chengxin.domain.policy_load import PolicyError, lint_policy_text
 from chengxin.service.clock import Clock, SystemClock
-from chengxin.service.errors import Invalid, NotRegistered, ServiceError
+from chengxin.service.errors import Invalid, ServiceError
 from chengxin.store.db import DatabaseError, make_engine, migrate, require_current, transaction
 
 app = typer.Typer(
@@ -65,28 +65,43 @@ def emit(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
+_opened: list[Any] = []
+
+
 @contextmanager
 def guarded(as_json: bool) -> Iterator[None]:
-    """Turn the project's errors into messages and exit codes."""
+    """Turn the project's errors into messages and exit codes; close what was opened."""
+    from sqlalchemy.exc import OperationalError
+
     try:
         yield
     except typer.Exit:
         raise
-    except PolicyError as exc:
+    except (PolicyError, InvalidIdentifier, ServiceError, DatabaseError) as exc:
         fail(str(exc), 2, as_json=as_json)
-    except (InvalidIdentifier, Invalid, DatabaseError) as exc:
-        fail(str(exc), 2, as_json=as_json)
-    except NotRegistered as exc:
-        fail(str(exc), 2, as_json=as_json)
-    except ServiceError as exc:
-        fail(str(exc), 2, as_json=as_json)
+    except OperationalError as exc:
+        fail(f"cannot use the database: {exc.orig}", 2, as_json=as_json)
+    finally:
+        while _opened:
+            _opened.pop().dispose()
+
+
+def parse_day(text: str | None, option: str) -> date | None:
+    """A YYYY-MM-DD option value, or a bad-input error naming the option."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"{option} must be a date YYYY-MM-DD, got {text!r}") from None
 
 
 def open_db(db: str, *, must_exist: bool = True) -> Any:
-    """An engine for ``--db``, checked to be initialised."""
+    """An engine for ``--db`` (checked to be initialised), closed when the command ends."""
     if must_exist and "://" not in db and not Path(db).exists():
         raise DatabaseError(f"{db} does not exist: run `chengxin init --db {db}` first")
     engine = make_engine(db)
+    _opened.append(engine)
     if must_exist:
         require_current(engine)
     return engine
@@ -131,12 +146,12 @@ def init(
     as_json: JsonOpt = False,
 ) -> None:
     """Create or upgrade the database and activate a policy if none is active."""
-    from chengxin.service.policies import read_policy_source
     from chengxin.service.errors import NoActivePolicy
-    from chengxin.service.policies import activate, active_policy, add_policy
+    from chengxin.service.policies import activate, active_policy, add_policy, read_policy_source
 
     with guarded(as_json):
-        engine = make_engine(db)
+        text, source = read_policy_source(policy)  # refuse a bad --policy before touching the db
+        engine = open_db(db, must_exist=False)
         revision = migrate(engine)
         clock = _clock()
         with transaction(engine) as session:
@@ -144,22 +159,30 @@ def init(
                 current = active_policy(session).policy
                 activated = None
             except NoActivePolicy:
-                text, source = read_policy_source(policy)
                 stored = add_policy(session, text=text, source=source, now=clock.now())
                 activate(
-                    session, policy_id=stored.id, actor="chengxin init",
-                    reason="initial policy", now=clock.now(),
+                    session,
+                    policy_id=stored.id,
+                    actor="chengxin init",
+                    reason="initial policy",
+                    now=clock.now(),
                     effective_from=date(1970, 1, 1),
                 )
                 current = stored.policy
                 activated = current.label
-        result = {"db": db, "schema": revision, "active_policy": current.label,
-                  "activated": activated}
+        result = {
+            "db": db,
+            "schema": revision,
+            "active_policy": current.label,
+            "activated": activated,
+        }
         if as_json:
             emit(result)
         else:
-            out.print(f"database [bold]{db}[/] at schema {revision}; active policy "
-                      f"[bold]{current.label}[/]")
+            out.print(
+                f"database [bold]{db}[/] at schema {revision}; active policy "
+                f"[bold]{current.label}[/]"
+            )
 
 
 # ------------------------------------------------------------------- policy
@@ -178,15 +201,24 @@ def policy_lint(
         policy, problems = lint_policy_text(text, source)
         errors = [p for p in problems if p.severity == "error"]
         if as_json:
-            emit({
-                "source": source, "ok": not errors,
-                "policy": policy.label if policy else None,
-                "content_hash": policy.content_hash if policy else None,
-                "problems": [
-                    {"path": p.path, "line": p.line, "severity": p.severity,
-                     "message": p.message, "hard_line": p.hard_line} for p in problems
-                ],
-            })
+            emit(
+                {
+                    "source": source,
+                    "ok": not errors,
+                    "policy": policy.label if policy else None,
+                    "content_hash": policy.content_hash if policy else None,
+                    "problems": [
+                        {
+                            "path": p.path,
+                            "line": p.line,
+                            "severity": p.severity,
+                            "message": p.message,
+                            "hard_line": p.hard_line,
+                        }
+                        for p in problems
+                    ],
+                }
+            )
         else:
             for p in problems:
                 style = "red" if p.severity == "error" else "yellow"
@@ -205,8 +237,7 @@ def policy_show(
 ) -> None:
     """Show a policy: the active one by default."""
     from chengxin.domain.policy_load import load_policy_text
-    from chengxin.service.policies import read_policy_source
-    from chengxin.service.policies import active_policy, get_policy
+    from chengxin.service.policies import active_policy, get_policy, read_policy_source
 
     with guarded(as_json):
         if name is not None and "@" not in name and not name.startswith("sha256:"):
@@ -217,8 +248,13 @@ def policy_show(
             with transaction(engine) as session:
                 policy = (get_policy(session, ref=name) if name else active_policy(session)).policy
         if as_json:
-            emit({"label": policy.label, "content_hash": policy.content_hash,
-                  "policy": policy.canonical()})
+            emit(
+                {
+                    "label": policy.label,
+                    "content_hash": policy.content_hash,
+                    "policy": policy.canonical(),
+                }
+            )
             return
         out.print(f"[bold]{policy.label}[/] {policy.title or ''}  {policy.content_hash}")
         t = Table("rule", "type", "when", "points", "expires", "schedule", title="rules")
@@ -233,16 +269,26 @@ def policy_show(
         lt = Table("list", "kind", "enter", "duration", "lifted by", "public", title="lists")
         for lst in policy.lists:
             enter = lst.enter.record or f"grade in {', '.join(lst.enter.grade_in or ())}"
-            lt.add_row(lst.code, lst.kind, enter, str(lst.duration or "-"),
-                       ", ".join(lst.lifted_by), "yes" if lst.public else "no")
+            lt.add_row(
+                lst.code,
+                lst.kind,
+                enter,
+                str(lst.duration or "-"),
+                ", ".join(lst.lifted_by),
+                "yes" if lst.public else "no",
+            )
         out.print(lt)
         mt = Table("measure", "kind", "trigger", "consulted by", "related", title="measures")
         for m in policy.measures:
             trig = m.triggered_by
-            what = (f"list {trig.list}" if trig.list else
-                    f"grade {trig.grade_at_least or trig.grade_at_most or trig.grade_in}")
-            mt.add_row(m.code, m.kind, what, ", ".join(m.consulted_by),
-                       ", ".join(m.related_domains))
+            what = (
+                f"list {trig.list}"
+                if trig.list
+                else f"grade {trig.grade_at_least or trig.grade_at_most or trig.grade_in}"
+            )
+            mt.add_row(
+                m.code, m.kind, what, ", ".join(m.consulted_by), ", ".join(m.related_domains)
+            )
         out.print(mt)
 
 
@@ -256,27 +302,38 @@ def policy_activate(
     as_json: JsonOpt = False,
 ) -> None:
     """Store and activate a policy version (an audited ledger entry), then rescore everyone."""
-    from chengxin.service.policies import read_policy_source
     from chengxin.service.batch import rescore_all
-    from chengxin.service.policies import activate, add_policy
+    from chengxin.service.policies import activate, add_policy, read_policy_source
 
     with guarded(as_json):
         engine = open_db(db)
         clock = _clock()
         text, source = read_policy_source(file)
-        start = date.fromisoformat(effective_from) if effective_from else None
+        start = parse_day(effective_from, "--effective-from")
         with transaction(engine) as session:
             stored = add_policy(session, text=text, source=source, now=clock.now())
-            seq = activate(session, policy_id=stored.id, actor=actor, reason=reason,
-                           now=clock.now(), effective_from=start)
+            seq = activate(
+                session,
+                policy_id=stored.id,
+                actor=actor,
+                reason=reason,
+                now=clock.now(),
+                effective_from=start,
+            )
         summary = rescore_all(engine, clock=clock)
-        result = {"activated": stored.policy.label, "content_hash": stored.policy.content_hash,
-                  "ledger_seq": seq, **summary}
+        result = {
+            "activated": stored.policy.label,
+            "content_hash": stored.policy.content_hash,
+            "ledger_seq": seq,
+            **summary,
+        }
         if as_json:
             emit(result)
         else:
-            out.print(f"activated [bold]{stored.policy.label}[/] (ledger entry {seq}); "
-                      f"rescored {summary['subjects']} subjects")
+            out.print(
+                f"activated [bold]{stored.policy.label}[/] (ledger entry {seq}); "
+                f"rescored {summary['subjects']} subjects"
+            )
 
 
 # ------------------------------------------------------------------- import
@@ -300,7 +357,11 @@ def import_(
             with progress_bar(None, "importing") as bar:
                 task = bar.add_task("import", total=None)
                 summary = import_file(
-                    engine, file, clock=_clock(), chunk_size=chunk, rejects=rejects,
+                    engine,
+                    file,
+                    clock=_clock(),
+                    chunk_size=chunk,
+                    rejects=rejects,
                     progress=lambda n: bar.advance(task, n),
                 )
         except ImportError_ as exc:
@@ -315,9 +376,11 @@ def import_(
                 f"{summary.duplicates} duplicates, [red]{summary.rejected} rejected[/]"
                 + (f" (see {summary.rejects_file})" if summary.rejects_file else "")
             )
-            out.print(f"rescored {summary.rescore.subjects} subjects: "
-                      f"{summary.rescore.grade_changes} grade changes, "
-                      f"{summary.rescore.entered} list entries, {summary.rescore.left} exits")
+            out.print(
+                f"rescored {summary.rescore.subjects} subjects: "
+                f"{summary.rescore.grade_changes} grade changes, "
+                f"{summary.rescore.entered} list entries, {summary.rescore.left} exits"
+            )
 
 
 # ----------------------------------------------------------- rescore, explain
@@ -325,7 +388,9 @@ def import_(
 
 @app.command()
 def rescore(
-    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today).")
+    ] = None,
     engine_name: Annotated[str, typer.Option("--engine", help="duckdb or python.")] = "duckdb",
     db: DbOpt = DEFAULT_DB,
     as_json: JsonOpt = False,
@@ -335,7 +400,7 @@ def rescore(
 
     with guarded(as_json):
         engine = open_db(db)
-        when = date.fromisoformat(as_of) if as_of else None
+        when = parse_day(as_of, "--as-of")
         summary = rescore_all(engine, clock=_clock(), as_of=when, engine_name=engine_name)
         if as_json:
             emit(summary)
@@ -367,17 +432,27 @@ def explain(
             emit(data)
             return
         out.print(f"[bold]{sid}[/] {data['subject']['name'] or ''} ({data['subject']['kind']})")
-        out.print(f"policy {data['policy']} as of {data['as_of']}: base {data['base']} → "
-                  f"score [bold]{data['score']}[/], grade [bold]{data['grade']}[/]"
-                  + (f"; next change {data['next_change']}" if data["next_change"] else ""))
+        out.print(
+            f"policy {data['policy']} as of {data['as_of']}: base {data['base']} → "
+            f"score [bold]{data['score']}[/], grade [bold]{data['grade']}[/]"
+            + (f"; next change {data['next_change']}" if data["next_change"] else "")
+        )
         t = Table("occurred", "record", "rule", "points", "step", "counts", "expires")
         for c in data["contributions"]:
-            t.add_row(c["occurred_at"], c["record_type"], c["rule"], str(c["points"]),
-                      f"{c['pct']}%", str(c["value"]), c["expires_on"] or "never")
+            t.add_row(
+                c["occurred_at"],
+                c["record_type"],
+                c["rule"],
+                str(c["points"]),
+                f"{c['pct']}%",
+                str(c["value"]),
+                c["expires_on"] or "never",
+            )
         out.print(t)
         for m in data["lists"]:
-            out.print(f"on [bold]{m['kind']}[/] list {m['list']} since {m['since']} "
-                      f"until {m['until']}")
+            out.print(
+                f"on [bold]{m['kind']}[/] list {m['list']} since {m['since']} until {m['until']}"
+            )
         others = [r for r in data["records"] if not r["counts"]]
         if others:
             out.print(f"{len(others)} record(s) do not count now:")
@@ -401,10 +476,16 @@ def check(
         sid = parse_subject(subject)
         engine = open_db(db)
         with transaction(engine) as session:
-            d = check_subject(session, subject=sid, measure=measure, service=service,
-                              clock=_clock())
-        data = {"measure": d.measure, "decision": d.outcome, "reasons": list(d.reasons),
-                "policy_version": d.policy_version, "appeal": d.appeal}
+            d = check_subject(
+                session, subject=sid, measure=measure, service=service, clock=_clock()
+            )
+        data = {
+            "measure": d.measure,
+            "decision": d.outcome,
+            "reasons": list(d.reasons),
+            "policy_version": d.policy_version,
+            "appeal": d.appeal,
+        }
         if as_json:
             emit(data)
         else:
@@ -435,16 +516,28 @@ def lists(
             counts = list_counts(session)
             members = list_members(session, list_code=list_code, masked=masked, limit=limit)
         if as_json:
-            emit({"counts": counts, "members": [
-                {"list": m.list_code, "kind": m.kind, "subject": m.subject, "name": m.name,
-                 "since": m.since, "until": m.until} for m in members]})
+            emit(
+                {
+                    "counts": counts,
+                    "members": [
+                        {
+                            "list": m.list_code,
+                            "kind": m.kind,
+                            "subject": m.subject,
+                            "name": m.name,
+                            "since": m.since,
+                            "until": m.until,
+                        }
+                        for m in members
+                    ],
+                }
+            )
             return
         for code, n in sorted(counts.items()):
             out.print(f"[bold]{code}[/]: {n} member(s)")
         t = Table("list", "subject", "name", "since", "until")
         for m in members:
-            t.add_row(m.list_code, m.subject, m.name or "", str(m.since or ""),
-                      str(m.until or ""))
+            t.add_row(m.list_code, m.subject, m.name or "", str(m.since or ""), str(m.until or ""))
         out.print(t)
 
 
@@ -459,8 +552,13 @@ def verify(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
             task = bar.add_task("verify", total=None)
             with transaction(engine) as session:
                 res = verify_chain(session, progress=lambda n: bar.update(task, completed=n))
-        data = {"ok": res.ok, "entries": res.entries, "head": res.head_hash,
-                "broken_at": res.broken_at, "problem": res.problem}
+        data = {
+            "ok": res.ok,
+            "entries": res.entries,
+            "head": res.head_hash,
+            "broken_at": res.broken_at,
+            "problem": res.problem,
+        }
         if as_json:
             emit(data)
         elif res.ok:

@@ -22,8 +22,12 @@ def _bar(label: str) -> Progress:
     from chengxin.cli import err
 
     return Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, disable=not err.is_terminal,
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
     )
 
 
@@ -49,14 +53,14 @@ def synth(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Write a synthetic city's provider feed (seeded, reproducible)."""
-    from chengxin.cli import emit, fail, guarded, out
+    from chengxin.cli import emit, fail, guarded, out, parse_day
     from chengxin.service.importer import ImportError_
     from chengxin.synth import CityConfig, write_feed
 
     with guarded(as_json):
         try:
             kind = _format_of(out_path, fmt)
-            last = date.fromisoformat(end) if end else date.today()
+            last = parse_day(end, "--end") or date.today()
             cfg = CityConfig(people=people, seed=seed, end=last, years=years)
         except (ValueError, ImportError_) as exc:
             fail(str(exc), 2, as_json=as_json)
@@ -64,46 +68,67 @@ def synth(
         with _bar("synth") as bar:
             task = bar.add_task("synth", total=None)
             summary = write_feed(
-                cfg, out_path, kind, progress=lambda done, total: bar.update(
-                    task, completed=done, total=total)
+                cfg,
+                out_path,
+                kind,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         data = {
-            "path": str(out_path), "format": kind, "lines": summary.lines,
-            "retractions": summary.retractions, "amendments": summary.amendments,
-            "bytes": summary.bytes, "seconds": round(time.perf_counter() - started, 2),
+            "path": str(out_path),
+            "format": kind,
+            "lines": summary.lines,
+            "retractions": summary.retractions,
+            "amendments": summary.amendments,
+            "bytes": summary.bytes,
+            "seconds": round(time.perf_counter() - started, 2),
             "by_type": summary.by_type,
         }
         if as_json:
             emit(data)
         else:
-            out.print(f"wrote {summary.lines} lines ({summary.retractions} retractions, "
-                      f"{summary.amendments} amendments) to {out_path}")
+            out.print(
+                f"wrote {summary.lines} lines ({summary.retractions} retractions, "
+                f"{summary.amendments} amendments) to {out_path}"
+            )
 
 
 def _overview(engine: Any) -> dict[str, Any]:
     from chengxin.store.db import transaction
 
     with transaction(engine) as s:
-        grades = dict(s.execute(select(snapshots.c.grade, func.count()).group_by(
-            snapshots.c.grade)).all())
-        lists = dict(s.execute(
-            select(memberships.c.list_code, func.count())
-            .where(memberships.c.left_at.is_(None)).group_by(memberships.c.list_code)).all())
+        grades = dict(
+            s.execute(select(snapshots.c.grade, func.count()).group_by(snapshots.c.grade)).all()
+        )
+        lists = dict(
+            s.execute(
+                select(memberships.c.list_code, func.count())
+                .where(memberships.c.left_at.is_(None))
+                .group_by(memberships.c.list_code)
+            ).all()
+        )
         n_subjects = s.execute(select(func.count()).select_from(subjects)).scalar_one()
         n_records = s.execute(select(func.count()).select_from(records)).scalar_one()
         defaulter = s.execute(
             select(subjects.c.scheme, subjects.c.value)
             .join(memberships, memberships.c.subject_id == subjects.c.id)
-            .where(memberships.c.list_code == "judgment-defaulters",
-                   memberships.c.left_at.is_(None), subjects.c.kind == "person")
-            .order_by(subjects.c.id).limit(1)).first()
+            .where(
+                memberships.c.list_code == "judgment-defaulters",
+                memberships.c.left_at.is_(None),
+                subjects.c.kind == "person",
+            )
+            .order_by(subjects.c.id)
+            .limit(1)
+        ).first()
         best = s.execute(
             select(subjects.c.scheme, subjects.c.value)
             .join(snapshots, snapshots.c.subject_id == subjects.c.id)
             .where(subjects.c.kind == "person")
-            .order_by(snapshots.c.score.desc(), subjects.c.id).limit(1)).first()
+            .order_by(snapshots.c.score.desc(), subjects.c.id)
+            .limit(1)
+        ).first()
     return {
-        "subjects": int(n_subjects), "records": int(n_records),
+        "subjects": int(n_subjects),
+        "records": int(n_records),
         "grades": {k: int(v) for k, v in grades.items()},
         "lists": {k: int(v) for k, v in lists.items()},
         "defaulter": f"{defaulter[0]}:{defaulter[1]}" if defaulter else None,
@@ -138,29 +163,46 @@ def demo(
         with transaction(engine) as session:
             text, source = read_policy_source("national")
             stored = add_policy(session, text=text, source=source, now=clock.now())
-            activate(session, policy_id=stored.id, actor="chengxin demo", reason="demo city",
-                     now=clock.now(), effective_from=date(1970, 1, 1))
+            activate(
+                session,
+                policy_id=stored.id,
+                actor="chengxin demo",
+                reason="demo city",
+                now=clock.now(),
+                effective_from=date(1970, 1, 1),
+            )
         cfg = CityConfig(people=people, seed=seed, end=clock.today())
         with _bar("synth ") as bar:
             task = bar.add_task("synth", total=None)
-            feed_summary = write_feed(cfg, feed, "jsonl", progress=lambda d, t: bar.update(
-                task, completed=d, total=t))
+            feed_summary = write_feed(
+                cfg, feed, "jsonl", progress=lambda d, t: bar.update(task, completed=d, total=t)
+            )
         with _bar("import") as bar:
             task = bar.add_task("import", total=feed_summary.lines)
-            summary = import_file(engine, feed, clock=clock,
-                                  progress=lambda n: bar.advance(task, n))
+            summary = import_file(
+                engine, feed, clock=clock, progress=lambda n: bar.advance(task, n)
+            )
         view = _overview(engine)
         engine.dispose()
         seconds = time.perf_counter() - started
-        data = {"db": str(db), "feed": str(feed), "import": summary.as_dict(),
-                "seconds": round(seconds, 1), **view}
+        data = {
+            "db": str(db),
+            "feed": str(feed),
+            "import": summary.as_dict(),
+            "seconds": round(seconds, 1),
+            **view,
+        }
         if as_json:
             emit(data)
             return
-        out.print(f"[bold]A synthetic city of {view['subjects']:,} subjects[/] "
-                  f"({people:,} people) with {view['records']:,} records, in {seconds:.1f}s.")
-        out.print(f"database: {db}\nfeed:     {feed} ({summary.rejected} lines rejected"
-                  + (f", see {summary.rejects_file})" if summary.rejects_file else ")"))
+        out.print(
+            f"[bold]A synthetic city of {view['subjects']:,} subjects[/] "
+            f"({people:,} people) with {view['records']:,} records, in {seconds:.1f}s."
+        )
+        out.print(
+            f"database: {db}\nfeed:     {feed} ({summary.rejected} lines rejected"
+            + (f", see {summary.rejects_file})" if summary.rejects_file else ")")
+        )
         t = Table("grade", "subjects", title="grades under national@2026.1")
         order = ["AAA", "AA", "A", "B", "C", "D"]
         for g in sorted(view["grades"], key=lambda g: order.index(g) if g in order else 99):
@@ -171,13 +213,15 @@ def demo(
         out.print("\n[bold]Where to look next:[/]")
         if view["defaulter"]:
             out.print(f"  chengxin explain {view['defaulter']} --db {db}")
-            out.print(f"  chengxin check {view['defaulter']} transport.flight_booking "
-                      f"--service airline --db {db}")
+            out.print(
+                f"  chengxin check {view['defaulter']} transport.flight_booking "
+                f"--service airline --db {db}"
+            )
         if view["best"]:
             out.print(f"  chengxin explain {view['best']} --db {db}")
         out.print(f"  chengxin lists judgment-defaulters --masked --db {db}")
         out.print(f"  chengxin verify --db {db}")
-        out.print(f"  chengxin policy show national")
+        out.print("  chengxin policy show national")
 
 
 def register(app: typer.Typer) -> None:

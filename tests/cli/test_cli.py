@@ -273,11 +273,6 @@ def test_policy_show_and_activate(db: str) -> None:
     assert act["activated"] == "national@2026.1" and act["ledger_seq"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py: date.fromisoformat raises ValueError outside guarded(), so a bad date is "
-    "a traceback with exit 1, not exit 2",
-)
 @pytest.mark.parametrize(
     "args",
     [
@@ -290,11 +285,6 @@ def test_a_bad_date_exits_2(args: list[str], db: str) -> None:
     assert "date" in error(*args, "--db", db)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py/db.py: sqlalchemy OperationalError from an unreachable PostgreSQL database "
-    "is not turned into DatabaseError, so it is a traceback with exit 1, not exit 2",
-)
 @pytest.mark.postgres
 def test_an_unreachable_postgresql_database_exits_2(pg_database: Any) -> None:
     url = pg_database.url.rsplit("/", 1)[0] + "/chengxin_no_such_database"

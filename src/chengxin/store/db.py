@@ -9,10 +9,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,6 +48,7 @@ def make_engine(db: str | None) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+
         # Let SQLAlchemy, not pysqlite, decide when transactions begin, so a
         # write transaction takes the lock at BEGIN (no upgrade deadlocks).
         @event.listens_for(engine, "connect")
@@ -78,7 +75,9 @@ def transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def _alembic_config(engine: Engine) -> Config:
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config  # imported late: alembic is slow to import
+
     cfg = Config()
     cfg.set_main_option("script_location", str(files("chengxin.store") / "migrations"))
     cfg.attributes["engine"] = engine
@@ -87,6 +86,8 @@ def _alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine) -> str:
     """Bring the schema to the newest migration; return the revision."""
+    from alembic import command
+
     cfg = _alembic_config(engine)
     command.upgrade(cfg, "head")
     return current_revision(engine) or ""
@@ -94,12 +95,16 @@ def migrate(engine: Engine) -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None if never initialised."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_revision(engine: Engine) -> str:
     """The newest migration this version of chengxin ships."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config(engine))
     return str(script.get_current_head())
 
