@@ -175,3 +175,100 @@ outbox = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Index("ix_outbox_pending", "delivered_at", "next_attempt_at"),
 )
+
+# -- the service: principals, keys, audit trail, webhooks (migration 0002) ----
+
+principals = Table(
+    "principals",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(120), nullable=False, unique=True),
+    Column("kind", String(8), nullable=False),  # machine | person
+    Column("role", String(16), nullable=False),
+    Column("provider", String(64)),  # providers: the provider code they write as
+    Column("service_kind", String(40)),  # services: airline, bank, ...
+    Column("scopes", Text, nullable=False, default="[]"),  # JSON: record types or measures
+    Column("subject_id", Id, ForeignKey("subjects.id")),  # subjects: who they are
+    Column("password_hash", String(200)),  # people: argon2
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("principal_id", Id, ForeignKey("principals.id"), nullable=False),
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("key_hash", String(200), nullable=False),  # argon2 of the whole key
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", Id, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("principal", String(120), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("purpose", String(120)),
+    Column("subject_id", Id, ForeignKey("subjects.id")),
+    Column("detail", Text, nullable=False),  # canonical JSON, no personal data
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    Index("ix_audit_events_subject", "subject_id"),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Id, nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("principal_id", Id, ForeignKey("principals.id"), nullable=False),
+    Column("url", String(500), nullable=False),
+    Column("secret", String(200), nullable=False),  # whsec_… (Standard Webhooks)
+    Column("topics", Text, nullable=False),  # JSON list
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("outbox_id", Id, ForeignKey("outbox.id"), nullable=False),
+    Column("subscription_id", Id, ForeignKey("subscriptions.id"), nullable=False),
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("status", String(12), nullable=False),  # pending | delivered | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime(timezone=True)),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    UniqueConstraint("outbox_id", "subscription_id", name="uq_deliveries_outbox_subscription"),
+)
+
+api_requests = Table(
+    "api_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("principal_id", Id, ForeignKey("principals.id"), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("principal_id", "key", name="uq_api_requests_principal_key"),
+)
