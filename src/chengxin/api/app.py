@@ -1,0 +1,62 @@
+"""The FastAPI app factory: engines, settings and ports are built here, never at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from chengxin.api import errors
+from chengxin.api.settings import Settings
+from chengxin.service.clock import Clock, SystemClock
+from chengxin.store.db import make_engine, require_current, session_factory
+
+
+@dataclass
+class Runtime:
+    """What request handlers reach through ``app.state.runtime``."""
+
+    settings: Settings
+    engine: Engine
+    clock: Clock
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build the HTTP service on ``settings.db`` (or a given engine and clock, for tests)."""
+    settings = settings or Settings.from_env()
+    own_engine = engine is None
+    engine = engine or make_engine(settings.db)
+    runtime = Runtime(settings=settings, engine=engine, clock=clock or SystemClock())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        require_current(runtime.engine)
+        yield
+        if own_engine:
+            runtime.engine.dispose()
+
+    app = FastAPI(
+        title="chengxin",
+        version="0.1.0",
+        description=(
+            "An accountable social credit system: every point explained, every entry "
+            "contestable, nothing negative kept for ever. Services learn decisions, never "
+            "scores or records."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.sessions = session_factory(engine)
+    errors.install(app)
+    from chengxin.api.routers import include_all
+
+    include_all(app)
+    return app
