@@ -96,16 +96,14 @@ def _overview(engine: Any) -> dict[str, Any]:
     from chengxin.store.db import transaction
 
     with transaction(engine) as s:
-        grades = dict(
-            s.execute(select(snapshots.c.grade, func.count()).group_by(snapshots.c.grade)).all()
+        grade_rows = s.execute(select(snapshots.c.grade, func.count()).group_by(snapshots.c.grade))
+        grades = {str(g): int(n) for g, n in grade_rows}
+        list_rows = s.execute(
+            select(memberships.c.list_code, func.count())
+            .where(memberships.c.left_at.is_(None))
+            .group_by(memberships.c.list_code)
         )
-        lists = dict(
-            s.execute(
-                select(memberships.c.list_code, func.count())
-                .where(memberships.c.left_at.is_(None))
-                .group_by(memberships.c.list_code)
-            ).all()
-        )
+        lists = {str(code): int(n) for code, n in list_rows}
         n_subjects = s.execute(select(func.count()).select_from(subjects)).scalar_one()
         n_records = s.execute(select(func.count()).select_from(records)).scalar_one()
         defaulter = s.execute(
