@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,12 @@ from chengxin.service.policies import activate, add_policy, read_policy_source
 from chengxin.store import ledger
 from chengxin.store.db import make_engine, migrate, transaction
 from chengxin.store.schema import metadata
+
+# CI machines have two cores shared with PostgreSQL and the test's own
+# subprocesses: generation speed is not what these properties test, so the
+# too-slow health check and per-example deadlines are off everywhere.
+settings.register_profile("chengxin", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("chengxin")
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
