@@ -18,7 +18,6 @@ from chengxin.domain.identifiers import (
     SubjectId,
     expected_kind,
     parse_identifier,
-    rid_birth_date,
 )
 from chengxin.domain.policy import AttributeSpec, Policy
 
@@ -48,6 +47,10 @@ class RecordRejected(ValueError):
         super().__init__(message)
         self.code = code
         self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Checking may run in worker processes: keep code and field across pickling.
+        return (type(self), (self.code, str(self), self.field))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +215,8 @@ def check_attributes(policy: Policy, type_code: str, raw: Any) -> dict[str, Any]
 def _subject(raw: Any) -> SubjectRef:
     if not isinstance(raw, Mapping):
         raise RecordRejected("missing_field", "'subject' is required (scheme, id, kind)", "subject")
-    unknown = sorted(set(raw) - SUBJECT_FIELDS)
-    if unknown:
+    if not SUBJECT_FIELDS.issuperset(raw):
+        unknown = sorted(set(raw) - SUBJECT_FIELDS)
         raise RecordRejected(
             "unknown_field", f"unknown subject field '{unknown[0]}'", f"subject.{unknown[0]}"
         )
@@ -242,10 +245,15 @@ def _subject(raw: Any) -> SubjectRef:
     return SubjectRef(sid, kind, name)
 
 
+def _rid_birth(value: str) -> date:
+    # The value passed parse_identifier, so its birth date exists (GB 11643 §5.2).
+    return date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+
+
 def check_submission(raw: Mapping[str, Any], policy: Policy, *, today: date) -> Submission:
     """Check one submitted line against ``policy``; raise RecordRejected with the reason."""
-    unknown = sorted(set(raw) - TOP_LEVEL)
-    if unknown:
+    if not TOP_LEVEL.issuperset(raw):
+        unknown = sorted(set(raw) - TOP_LEVEL)
         raise RecordRejected("unknown_field", f"unknown field '{unknown[0]}'", unknown[0])
     provider = _text(raw, "provider", required=True, limit=64) or ""
     ref = _text(raw, "ref", required=True, limit=200) or ""
@@ -284,7 +292,7 @@ def check_submission(raw: Mapping[str, Any], policy: Policy, *, today: date) -> 
             "occurred_at",
         )
     if subject.id.scheme == "cn-rid":
-        born = rid_birth_date(subject.id.value)
+        born = _rid_birth(subject.id.value)
         if occurred < born:
             raise RecordRejected(
                 "before_birth",

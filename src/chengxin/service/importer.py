@@ -1,29 +1,51 @@
 """File import: JSON Lines, CSV or Parquet, in chunks, with a rejects file.
 
-Each chunk is one transaction (ledger, records, scores), so an interrupted
-import keeps every chunk it finished and re-running it adds only what is
-missing: ``(provider, ref)`` makes every line idempotent. Bad lines go to the
-rejects file with their line number, field and reason while good lines land.
+Each chunk is one transaction (ledger, records, and the stale mark on every
+subject it touched), so an interrupted import keeps every chunk it finished
+and re-running it adds only what is missing: ``(provider, ref)`` makes every
+line idempotent. Bad lines go to the rejects file with their line number,
+field and reason while good lines land. When the last chunk is in, the
+stale subjects are rescored (:func:`chengxin.service.refresh.refresh_stale`);
+an import that dies before that leaves them stale, never wrong.
+
+Checking lines is pure work: a large file is checked on worker processes
+(:class:`chengxin.service.checking.CheckerPool`) a few chunks ahead of the
+database work, which stays in this process, in file order.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from chengxin.domain.records import RecordRejected
+from chengxin.service.checking import (
+    CheckedLines,
+    CheckerPool,
+    Line,
+    LineResult,
+    RawLines,
+    check_chunk,
+    default_workers,
+    gc_paused,
+    jsonl_chunks,
+    parse_jsonl,
+)
 from chengxin.service.clock import Clock
-from chengxin.service.ingest import LineResult, ingest_batch
+from chengxin.service.ingest import store_checked
 from chengxin.service.policies import active_policy
+from chengxin.service.refresh import refresh_stale
 from chengxin.service.rescore import RescoreSummary
 from chengxin.store.db import transaction
+from chengxin.store.schema import policies
 
 Format = Literal["jsonl", "csv", "parquet"]
 CSV_COLUMNS = (
@@ -41,7 +63,10 @@ CSV_COLUMNS = (
     "amends",
     "reason",
 )
-Line = tuple[int, Mapping[str, Any] | RecordRejected]
+POOL_MIN_BYTES = 8 << 20
+"""Files smaller than this are checked in process unless ``workers`` is given."""
+KNOWN_SUBJECTS_MAX = 2_000_000
+"""Subjects whose ids an import remembers across chunks (about 250 bytes each)."""
 
 
 class ImportError_(ValueError):
@@ -62,34 +87,8 @@ def detect_format(path: Path) -> Format:
 
 def _jsonl(path: Path) -> Iterator[Line]:
     with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield (
-                    number,
-                    RecordRejected(
-                        "bad_encoding",
-                        f"line is not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}",
-                    ),
-                )
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield (
-                    number,
-                    RecordRejected("bad_json", f"not valid JSON: {exc.msg} at column {exc.colno}"),
-                )
-                continue
-            if not isinstance(obj, dict):
-                yield number, RecordRejected("bad_json", "each line must be a JSON object")
-                continue
-            yield number, obj
+        for chunk in jsonl_chunks(fh, 10_000):
+            yield from parse_jsonl(chunk)
 
 
 def _flat_to_record(row: Mapping[str, Any]) -> Mapping[str, Any] | RecordRejected:
@@ -205,6 +204,23 @@ def _reject_line(r: LineResult) -> str:
     )
 
 
+def _batched(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
+    it = iter(lines)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _chunks(path: Path, fmt: Format | None, size: int) -> Iterator[RawLines | Sequence[Line]]:
+    """The file's lines, ``size`` at a time: JSON Lines raw (parsed where it is checked)."""
+    if not path.exists():
+        raise ImportError_(f"{path} does not exist")
+    if (fmt or detect_format(path)) == "jsonl":
+        with path.open("rb") as fh:
+            yield from jsonl_chunks(fh, size)
+    else:
+        yield from _batched(read_lines(path, fmt), size)
+
+
 def import_file(
     engine: Engine,
     path: Path,
@@ -214,29 +230,51 @@ def import_file(
     chunk_size: int = 20_000,
     rejects: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> ImportSummary:
-    """Import a feed file chunk by chunk; each chunk commits on its own."""
-    lines = read_lines(path, fmt)
+    """Import a feed file chunk by chunk, each committed on its own; then rescore.
+
+    ``workers`` processes check the lines (default: one per core for a file of
+    ``POOL_MIN_BYTES`` or more, else none); ``1`` checks them in this process.
+    """
     summary = ImportSummary()
     rejects_path = rejects or path.with_name(path.name + ".rejects.jsonl")
     reject_fh = None
+    today = clock.today()
+    chunks = _chunks(path, fmt, chunk_size)
     try:
+        first = next(chunks, None)  # reads the header: a file refused whole stores nothing
         with transaction(engine) as session:
             # The policy in force today, not one activated to start later.
-            policy = active_policy(session, on=clock.today()).policy
-        batch: list[Line] = []
+            stored = active_policy(session, on=today)
+            source, name = session.execute(
+                select(policies.c.source, policies.c.name).where(policies.c.id == stored.id)
+            ).one()
+        policy = stored.policy
+        if workers is None:
+            workers = default_workers() if path.stat().st_size >= POOL_MIN_BYTES else 1
 
-        def flush() -> None:
+        known: dict[tuple[str, str], tuple[int, str]] = {}
+
+        def store(batch: CheckedLines) -> None:
             nonlocal reject_fh
             with transaction(engine) as session:
-                report = ingest_batch(
-                    session, policy=policy, lines=batch, now=clock.now(), today=clock.today()
+                report = store_checked(
+                    session,
+                    policy=policy,
+                    batch=batch,
+                    now=clock.now(),
+                    today=today,
+                    rescore=False,
+                    line_results=False,
+                    known_subjects=known,
                 )
+            if len(known) < KNOWN_SUBJECTS_MAX:  # committed: these ids are for good
+                known.update(report.subjects)
             summary.chunks += 1
-            summary.lines += len(batch)
+            summary.lines += batch.lines
             summary.accepted += report.count("accepted")
             summary.duplicates += report.count("duplicate")
-            summary.rescore.add(report.rescore)
             bad = report.rejected
             summary.rejected += len(bad)
             if bad:
@@ -246,16 +284,29 @@ def import_file(
                 reject_fh.write("".join(_reject_line(r) + "\n" for r in bad))
                 reject_fh.flush()
             if progress is not None:
-                progress(len(batch))
-            batch.clear()
+                progress(batch.lines)
 
-        for item in lines:
-            batch.append(item)
-            if len(batch) >= chunk_size:
-                flush()
-        if batch:
-            flush()
+        every = itertools.chain([] if first is None else [first], chunks)
+        if workers > 1 and first is not None:
+            with (
+                gc_paused(),
+                CheckerPool(
+                    source=source,
+                    label=f"{name} (stored)",
+                    content_hash=policy.content_hash,
+                    today=today,
+                    workers=workers,
+                ) as pool,
+            ):
+                for batch in pool.map(every):
+                    store(batch)
+        else:
+            with gc_paused():
+                for chunk in every:
+                    store(check_chunk(chunk, policy, today))
     finally:
         if reject_fh is not None:
             reject_fh.close()
+    with gc_paused():
+        summary.rescore.add(refresh_stale(engine, clock=clock))
     return summary

@@ -2,7 +2,8 @@
 
 For a batch of lines (one API call, or one chunk of a file import):
 
-1. each line is checked against the active policy (domain/records.py);
+1. each line is checked against the active policy (domain/records.py, by way
+   of service/checking.py, which may have run on worker processes);
 2. ``(provider, ref)`` is the idempotency key: a line whose key is already
    stored with the same content is a *duplicate* (reported, nothing added);
    with different content it is a *conflict* (rejected, the stored entry
@@ -11,41 +12,50 @@ For a batch of lines (one API call, or one chunk of a file import):
 3. a retraction or amendment must name a record of the same provider that
    still counts;
 4. accepted lines are appended to the hash-chained ledger, projected into
-   ``records``, and every affected subject is rescored, all in the caller's
-   transaction, so a crash leaves either all of the batch or none of it.
+   ``records``, and every affected subject is rescored -- or, for a bulk
+   import, marked stale, to be rescored when the import ends -- all in the
+   caller's transaction, so a crash leaves either all of the batch or none of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from chengxin.domain.identifiers import region_of, rid_birth_date
 from chengxin.domain.policy import Policy
-from chengxin.domain.records import RecordRejected, Submission, check_submission
-from chengxin.service.rescore import RescoreSummary, rescore_subjects
+from chengxin.domain.records import RecordRejected
+from chengxin.service.checking import (
+    Checked,
+    CheckedLines,
+    LineResult,
+    Status,
+    check_lines,
+)
+from chengxin.service.rescore import RescoreSummary, mark_stale, rescore_subjects
 from chengxin.store import ledger, repo
-from chengxin.store.schema import records
+from chengxin.store.repo import Bulk
 
-Status = Literal["accepted", "duplicate", "rejected"]
+__all__ = ["BatchReport", "LineResult", "Status", "ingest_batch", "store_checked"]
 
-
-@dataclass(frozen=True, slots=True)
-class LineResult:
-    """What became of one submitted line."""
-
-    line: int
-    status: Status
-    ref: str | None = None
-    seq: int | None = None
-    code: str | None = None
-    message: str | None = None
-    field: str | None = None
+RECORD_COLUMNS = (
+    "id",
+    "subject_id",
+    "type",
+    "domain",
+    "occurred_at",
+    "recorded_at",
+    "provider",
+    "ref",
+    "attributes",
+    "evidence",
+    "status",
+    "supersedes",
+    "status_seq",
+)
 
 
 @dataclass
@@ -54,10 +64,14 @@ class BatchReport:
 
     results: list[LineResult] = field(default_factory=list)
     rescore: RescoreSummary = field(default_factory=RescoreSummary)
+    uncounted: dict[str, int] = field(default_factory=dict)
+    """Lines counted by status but left out of ``results`` (a bulk import's good lines)."""
+    subjects: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    """(id, kind) of the subjects the batch's accepted lines name, by (scheme, value)."""
 
     def count(self, status: Status) -> int:
         """How many lines ended with ``status``."""
-        return sum(1 for r in self.results if r.status == status)
+        return self.uncounted.get(status, 0) + sum(1 for r in self.results if r.status == status)
 
     @property
     def rejected(self) -> list[LineResult]:
@@ -72,59 +86,44 @@ class _Target:
     status: str
 
 
-def _reject(line: int, exc: RecordRejected, ref: str | None = None) -> LineResult:
-    return LineResult(line, "rejected", ref, code=exc.code, message=str(exc), field=exc.field)
-
-
-def _targets(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Target]:
-    out: dict[tuple[str, str], _Target] = {}
-    for part in repo.chunks(keys, 400):
-        rows = session.execute(
-            select(
-                records.c.id,
-                records.c.provider,
-                records.c.ref,
-                records.c.subject_id,
-                records.c.status,
-            ).where(tuple_(records.c.provider, records.c.ref).in_(part))
-        )
-        for r in rows:
-            out[(r.provider, r.ref)] = _Target(int(r.id), int(r.subject_id), r.status)
+def _by_provider(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for provider, ref in keys:
+        out.setdefault(provider, []).append(ref)
     return out
 
 
 def _stored_hashes(
-    session: Session, keys: list[tuple[str, str]]
+    bulk: Bulk, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, int]]:
-    from chengxin.store.schema import ledger as ledger_table
-
+    # One IN list per provider: (provider, ref) is the unique index, provider its prefix.
     out: dict[tuple[str, str], tuple[str, int]] = {}
-    for part in repo.chunks(keys, 400):
-        rows = session.execute(
-            select(
-                ledger_table.c.provider,
-                ledger_table.c.ref,
-                ledger_table.c.payload_hash,
-                ledger_table.c.seq,
-            ).where(tuple_(ledger_table.c.provider, ledger_table.c.ref).in_(part))
+    for provider, refs in _by_provider(keys).items():
+        found = bulk.rows_in(
+            "SELECT ref, payload_hash, seq FROM ledger WHERE provider = ? AND ref",
+            refs,
+            (provider,),
         )
-        for r in rows:
-            out[(r.provider, r.ref)] = (r.payload_hash, int(r.seq))
+        for ref, phash, seq in found:
+            out[(provider, ref)] = (phash, int(seq))
     return out
 
 
-def _subject_row(sub: Submission, now: datetime) -> dict[str, Any]:
-    assert sub.subject is not None
-    sid = sub.subject.id
-    return {
-        "scheme": sid.scheme,
-        "value": sid.value,
-        "kind": sub.subject.kind,
-        "name": sub.subject.name,
-        "region": region_of(sid),
-        "birth_date": rid_birth_date(sid.value) if sid.scheme == "cn-rid" else None,
-        "created_at": now,
-    }
+def _targets(bulk: Bulk, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], _Target]:
+    out: dict[tuple[str, str], _Target] = {}
+    for provider, refs in _by_provider(keys).items():
+        found = bulk.rows_in(
+            "SELECT ref, id, subject_id, status FROM records WHERE provider = ? AND ref",
+            refs,
+            (provider,),
+        )
+        for ref, rid, sid, status in found:
+            out[(provider, ref)] = _Target(int(rid), int(sid), status)
+    return out
+
+
+def _reject(c: Checked, code: str, message: str, where: str) -> LineResult:
+    return LineResult(c.line, "rejected", c.ref, code=code, message=message, field=where)
 
 
 def ingest_batch(
@@ -136,208 +135,200 @@ def ingest_batch(
     today: date | None = None,
     rescore: bool = True,
 ) -> BatchReport:
-    """Check, store and score a batch of submitted lines in the caller's transaction."""
+    """Check, store and score a batch of submitted lines in the caller's transaction.
+
+    With ``rescore=False`` the affected subjects are marked stale instead of
+    rescored (see :func:`chengxin.service.rescore.mark_stale`); the caller
+    then owes a :func:`chengxin.service.refresh.refresh_stale`.
+    """
     today = today or now.date()
-    report = BatchReport()
-    checked: list[tuple[int, Submission, str]] = []
-    for line_no, raw in lines:
-        if isinstance(raw, RecordRejected):
-            report.results.append(_reject(line_no, raw))
-            continue
-        try:
-            sub = check_submission(raw, policy, today=today)
-        except RecordRejected as exc:
-            ref = raw.get("ref") if isinstance(raw.get("ref"), str) else None
-            report.results.append(_reject(line_no, exc, ref))
-            continue
-        checked.append((line_no, sub, ledger.canonical_json(sub.payload())))
+    checked = check_lines(lines, policy, today)
+    return store_checked(
+        session, policy=policy, batch=checked, now=now, today=today, rescore=rescore
+    )
 
-    if checked:
-        # Take the ledger head (a row lock on PostgreSQL; SQLite's writer lock is already
-        # held) before looking for stored keys, so a batch racing another with the same
-        # lines sees them as duplicates rather than failing on the unique key.
-        ledger.head(session, lock=True)
-    keys = list({(s.provider, s.ref) for _, s, _ in checked})
-    stored = _stored_hashes(session, keys)
-    target_keys = list(
-        {
-            (s.provider, s.retracts or s.amends or "")
-            for _, s, _ in checked
-            if s.retracts or s.amends
-        }
-    )
-    targets = _targets(session, target_keys)
-    subject_map = repo.subject_ids(
-        session,
-        sorted({(s.subject.id.scheme, s.subject.id.value) for _, s, _ in checked if s.subject}),
-    )
+
+def store_checked(
+    session: Session,
+    *,
+    policy: Policy,
+    batch: CheckedLines,
+    now: datetime,
+    today: date,
+    rescore: bool = True,
+    line_results: bool = True,
+    known_subjects: Mapping[tuple[str, str], tuple[int, str]] | None = None,
+) -> BatchReport:
+    """Store a checked batch in the caller's transaction; see :func:`ingest_batch`.
+
+    A file import passes ``line_results=False`` (the report then lists only
+    the rejected lines and counts the others) and ``known_subjects``: the
+    (id, kind) of subjects its earlier chunks found or created, which never
+    change, so they are not looked up again; the report's ``subjects`` holds
+    this batch's, to add to them once the transaction commits.
+    """
+    report = BatchReport(results=list(batch.rejected))
+    checked = batch.checked
+    if not checked:
+        report.results.sort(key=lambda r: r.line)
+        return report
+    bulk = Bulk(session)
+    # Take the ledger head (a row lock on PostgreSQL; SQLite's writer lock is already
+    # held) before looking for stored keys, so a batch racing another with the same
+    # lines sees them as duplicates rather than failing on the unique key.
+    top = ledger.head(session, lock=True)
+    stored = _stored_hashes(bulk, {(c.provider, c.ref) for c in checked})
+    targets = _targets(bulk, {(c.provider, c.target) for c in checked if c.target is not None})
+    known = known_subjects or {}
+    named = {k for c in checked if (k := c.subject_key) is not None}
+    subject_map = {k: known[k] for k in named if k in known}
+    subject_map.update(repo.subject_ids_bulk(bulk, [k for k in named if k not in known]))
     # Subjects are created only for accepted lines: a refused line stores nothing.
-    new_subjects: dict[tuple[str, str], dict[str, Any]] = {}
+    new_subjects: dict[tuple[str, str], Checked] = {}  # the first line naming each
 
-    accepted: list[tuple[int, Submission, str, str]] = []
+    accepted: list[Checked] = []
     pending: dict[tuple[str, str], str] = {}
     pending_records: set[tuple[str, str]] = set()  # accepted lines that create a record
-    pending_targets: dict[tuple[str, str], Submission] = {}
-    for line_no, sub, payload in checked:
-        key = (sub.provider, sub.ref)
-        phash = ledger.sha256_hex(payload)
+    pending_targets: set[tuple[str, str]] = set()
+    for c in checked:
+        key = (c.provider, c.ref)
         if key in stored or key in pending:
             old_hash = stored[key][0] if key in stored else pending[key]
-            if old_hash == phash:
-                seq = stored[key][1] if key in stored else None
-                report.results.append(LineResult(line_no, "duplicate", sub.ref, seq))
+            if old_hash == c.payload_hash:
+                if line_results:
+                    seq = stored[key][1] if key in stored else None
+                    report.results.append(LineResult(c.line, "duplicate", c.ref, seq))
+                else:
+                    report.uncounted["duplicate"] = report.uncounted.get("duplicate", 0) + 1
             else:
                 report.results.append(
-                    LineResult(
-                        line_no,
-                        "rejected",
-                        sub.ref,
-                        code="conflict",
-                        message=f"({sub.provider}, {sub.ref}) is already stored with different "
+                    _reject(
+                        c,
+                        "conflict",
+                        f"({c.provider}, {c.ref}) is already stored with different "
                         "content; send a correction with its own ref and 'amends'",
-                        field="ref",
+                        "ref",
                     )
                 )
             continue
-        skey = None
-        if sub.subject is not None:
-            skey = (sub.subject.id.scheme, sub.subject.id.value)
+        skey = c.subject_key
+        if skey is not None:
             if skey in subject_map:
-                stored_kind = subject_map[skey][1]
+                stored_kind: str | None = subject_map[skey][1]
             elif skey in new_subjects:  # created by an earlier line of this batch
-                stored_kind = new_subjects[skey]["kind"]
+                stored_kind = new_subjects[skey].subject_kind
             else:
-                stored_kind = sub.subject.kind
-            if stored_kind != sub.subject.kind:
+                stored_kind = c.subject_kind
+            if stored_kind != c.subject_kind:
                 report.results.append(
-                    LineResult(
-                        line_no,
-                        "rejected",
-                        sub.ref,
-                        code="wrong_subject_kind",
-                        message=f"subject {sub.subject.id} is registered as a {stored_kind}, "
-                        f"not a {sub.subject.kind}",
-                        field="subject.kind",
+                    _reject(
+                        c,
+                        "wrong_subject_kind",
+                        f"subject {c.scheme}:{c.value} is registered as a {stored_kind}, "
+                        f"not a {c.subject_kind}",
+                        "subject.kind",
                     )
                 )
                 continue
-        target_ref = sub.retracts or sub.amends
-        if target_ref is not None:
-            tkey = (sub.provider, target_ref)
+        if c.target is not None:
+            tkey = (c.provider, c.target)
             problem = None
             if tkey in pending_targets:
-                problem = f"record {target_ref} is already retracted or amended in this batch"
+                problem = f"record {c.target} is already retracted or amended in this batch"
             elif tkey in pending_records:
                 pass  # retracting or amending a record earlier in the same batch
             elif tkey not in targets:
-                problem = f"provider {sub.provider} has no record with ref {target_ref}"
+                problem = f"provider {c.provider} has no record with ref {c.target}"
             elif targets[tkey].status not in ("active", "disputed"):
-                problem = f"record {target_ref} is already {targets[tkey].status}"
+                problem = f"record {c.target} is already {targets[tkey].status}"
             if problem is not None:
-                report.results.append(
-                    LineResult(
-                        line_no,
-                        "rejected",
-                        sub.ref,
-                        code="bad_reference",
-                        message=problem,
-                        field="retracts" if sub.retracts else "amends",
-                    )
-                )
+                where = "retracts" if c.kind == "retraction" else "amends"
+                report.results.append(_reject(c, "bad_reference", problem, where))
                 continue
-            pending_targets[tkey] = sub
-        pending[key] = phash
+            pending_targets.add(tkey)
+        pending[key] = c.payload_hash
         if skey is not None:
             pending_records.add(key)
             if skey not in subject_map and skey not in new_subjects:
-                new_subjects[skey] = _subject_row(sub, now)
-        accepted.append((line_no, sub, payload, phash))
+                new_subjects[skey] = c
+        accepted.append(c)
 
     if not accepted:
         report.results.sort(key=lambda r: r.line)
         return report
+    created = bulk.stamp(now)
     if new_subjects:
-        repo.insert_subjects(session, list(new_subjects.values()))
-        subject_map.update(repo.subject_ids(session, list(new_subjects)))
-
-    entries = []
-    batch_subjects: dict[tuple[str, str], int] = {}
-    for _, sub, payload, phash in accepted:
-        subject_id = None
-        if sub.subject is not None:
-            subject_id = subject_map[(sub.subject.id.scheme, sub.subject.id.value)][0]
-            batch_subjects[(sub.provider, sub.ref)] = subject_id
-        else:
-            tkey = (sub.provider, sub.retracts or "")
-            subject_id = targets[tkey].subject_id if tkey in targets else batch_subjects.get(tkey)
-        entries.append(
-            ledger.NewEntry(
-                kind=sub.kind,
-                payload=payload,
-                provider=sub.provider,
-                ref=sub.ref,
-                subject_id=subject_id,
-                payload_hash=phash,
+        # Dates travel as ISO text: what SQLAlchemy's Date stores on SQLite, and
+        # what PostgreSQL casts to a date.
+        subject_map.update(
+            repo.insert_subject_rows(
+                bulk,
+                [
+                    (s.scheme, s.value, s.subject_kind, s.name, s.region, s.birth_date, created)
+                    for s in new_subjects.values()
+                ],
             )
         )
-    seqs = ledger.append(session, entries, now=now)
-    new_rows: list[dict[str, Any]] = []
-    status_updates: list[dict[str, Any]] = []
+
+    report.subjects = subject_map
+    if not line_results:
+        report.uncounted["accepted"] = len(accepted)
+    # Sequence numbers follow the locked head: the ledger and records rows in one pass.
+    entries: list[ledger.Row] = []
+    new_rows: list[tuple[Any, ...]] = []
+    status_updates: list[tuple[str, int, int]] = []
     affected: set[int] = set()
-    by_key: dict[tuple[str, str], tuple[int, int]] = {}
-    for (line_no, sub, _payload, _h), seq, entry in zip(accepted, seqs, entries, strict=True):
-        report.results.append(LineResult(line_no, "accepted", sub.ref, seq))
-        target_ref = sub.retracts or sub.amends
+    by_key: dict[tuple[str, str], tuple[int, int]] = {}  # records of this batch: id, subject
+    seq = top.seq
+    for c in accepted:
+        seq += 1
+        if line_results:
+            report.results.append(LineResult(c.line, "accepted", c.ref, seq))
         target_id: int | None = None
-        if target_ref is not None:
-            tkey = (sub.provider, target_ref)
+        target_subject: int | None = None
+        if c.target is not None:
+            tkey = (c.provider, c.target)
             if tkey in by_key:
                 target_id, target_subject = by_key[tkey]
             else:
                 target_id, target_subject = targets[tkey].id, targets[tkey].subject_id
-            status_updates.append(
-                {
-                    "rid": target_id,
-                    "new_status": "retracted" if sub.retracts else "superseded",
-                    "sseq": seq,
-                }
-            )
+            new_status = "retracted" if c.kind == "retraction" else "superseded"
+            status_updates.append((new_status, seq, target_id))
             affected.add(target_subject)
-        if sub.subject is None:
+        skey = c.subject_key
+        if skey is None:  # a retraction: the ledger entry names the retracted record's subject
+            entries.append((c.kind, c.provider, c.ref, target_subject, c.payload, c.payload_hash))
             continue
-        assert entry.subject_id is not None and sub.type and sub.domain and sub.occurred_at
+        subject_id = subject_map[skey][0]
+        entries.append((c.kind, c.provider, c.ref, subject_id, c.payload, c.payload_hash))
         new_rows.append(
-            {
-                "id": seq,
-                "subject_id": entry.subject_id,
-                "type": sub.type,
-                "domain": sub.domain,
-                "occurred_at": sub.occurred_at,
-                "recorded_at": now,
-                "provider": sub.provider,
-                "ref": sub.ref,
-                "attributes": ledger.canonical_json(dict(sub.attributes)),
-                "evidence": sub.evidence,
-                "status": "active",
-                "supersedes": target_id if sub.amends else None,
-                "status_seq": seq,
-            }
+            (
+                seq,
+                subject_id,
+                c.type,
+                c.domain,
+                c.occurred_at,
+                created,
+                c.provider,
+                c.ref,
+                c.attributes,
+                c.evidence,
+                "active",
+                target_id if c.kind == "amendment" else None,
+                seq,
+            )
         )
-        by_key[(sub.provider, sub.ref)] = (seq, entry.subject_id)
-        affected.add(entry.subject_id)
-    if new_rows:
-        session.execute(insert(records), new_rows)
-    if status_updates:
-        session.execute(
-            update(records)
-            .where(records.c.id == bindparam("rid"))
-            .values(status=bindparam("new_status"), status_seq=bindparam("sseq"))
-            .execution_options(synchronize_session=False),
-            status_updates,
-        )
-    if rescore and affected:
+        by_key[(c.provider, c.ref)] = (seq, subject_id)
+        affected.add(subject_id)
+    first = ledger.append_rows(bulk, entries, top=top, now=now)
+    assert first == top.seq + 1
+    bulk.insert("records", RECORD_COLUMNS, new_rows)
+    bulk.executemany("UPDATE records SET status = ?, status_seq = ? WHERE id = ?", status_updates)
+    if rescore:
         report.rescore = rescore_subjects(
             session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now
         )
+    else:
+        mark_stale(session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now)
     report.results.sort(key=lambda r: r.line)
     return report

@@ -3,23 +3,29 @@
 A rescore writes, in the caller's transaction, the subject's snapshot (with
 the date it next changes), opens and closes list memberships, and appends a
 notification to the outbox for every grade change, list entry and list exit.
+
+A bulk import does not rescore as it goes: each chunk marks the subjects it
+touched *stale* in its own transaction (:func:`mark_stale`; a subject new to
+chengxin gets a placeholder snapshot at the base score, stale), and
+:func:`chengxin.service.refresh.refresh_stale` rescores every stale subject
+afterwards, a chunk per transaction. Readers never trust a stale snapshot, so a crash in between
+loses no freshness: the next refresh, or the next read, rescores.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from chengxin.domain.policy import Policy
-from chengxin.domain.scoring import ScoreResult, score
+from chengxin.domain.scoring import score
 from chengxin.store import repo
-from chengxin.store.schema import outbox
+from chengxin.store.repo import Bulk
 
 
 @dataclass
@@ -39,54 +45,110 @@ class RescoreSummary:
         self.left += other.left
 
 
-def _event(topic: str, subject_id: int, now: datetime, **data: Any) -> dict[str, Any]:
+class Listed(Protocol):
+    """A subject's place on a list, as a scorer reports it."""
+
+    @property
+    def kind(self) -> str:
+        """``red`` or ``black``."""
+        ...
+
+    @property
+    def since(self) -> date | None:
+        """The day the listing began (None for a list entered by grade)."""
+        ...
+
+    @property
+    def until(self) -> date | None:
+        """The day it ends (None: while the grade holds, or for ever)."""
+        ...
+
+
+class Scored(Protocol):
+    """What :func:`store_results` needs of a subject's score (a ScoreResult, or a batch row)."""
+
+    @property
+    def as_of(self) -> date:
+        """The scoring date."""
+        ...
+
+    @property
+    def score(self) -> int:
+        """The clamped score."""
+        ...
+
+    @property
+    def grade(self) -> str:
+        """The grade band holding the score."""
+        ...
+
+    @property
+    def next_change(self) -> date | None:
+        """The first day after ``as_of`` on which the result can change."""
+        ...
+
+    @property
+    def lists(self) -> Mapping[str, Listed]:
+        """The lists the subject is on, by code, in policy order."""
+        ...
+
+
+def _event(topic: str, subject_id: int, created: Any, **data: Any) -> tuple[Any, ...]:
     payload = {"topic": topic, "subject_id": subject_id, **data}
-    return {
-        "created_at": now,
-        "topic": topic,
-        "subject_id": subject_id,
-        "payload": json.dumps(payload, sort_keys=True, default=str),
-        "attempts": 0,
-        "next_attempt_at": now,
-    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return (created, topic, subject_id, text, 0, created)
+
+
+OUTBOX_COLUMNS = ("created_at", "topic", "subject_id", "payload", "attempts", "next_attempt_at")
 
 
 def store_results(
     session: Session,
     *,
     policy: Policy,
-    results: dict[int, ScoreResult],
+    results: Mapping[int, Scored],
     now: datetime,
 ) -> RescoreSummary:
     """Write snapshots, membership changes and notifications for scored subjects."""
+    bulk = Bulk(session)
     ids = list(results)
-    old_snaps = repo.snapshots_for(session, ids)
-    old_lists = repo.open_memberships(session, ids)
+    old_grades = repo.grades_bulk(bulk, ids)
+    old_lists = repo.open_memberships_bulk(bulk, ids)
     summary = RescoreSummary(subjects=len(ids))
-    snaps: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    new_members: list[dict[str, Any]] = []
-    closed: list[int] = []
-    moved: list[tuple[int, date | None]] = []
+    day, stamp = bulk.day, bulk.stamp
+    computed = stamp(now)
+    base_grade = policy.grade_of(policy.scale.base)
+    snaps: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    new_members: list[tuple[Any, ...]] = []
+    closed: list[tuple[Any, int]] = []
+    moved: list[tuple[Any, int]] = []
     for sid, res in results.items():
         snaps.append(
-            {
-                "subject_id": sid,
-                "policy_hash": policy.content_hash,
-                "score": res.score,
-                "grade": res.grade,
-                "as_of": res.as_of,
-                "next_change": res.next_change,
-                "computed_at": now,
-                "stale": False,
-            }
+            (
+                sid,
+                policy.content_hash,
+                res.score,
+                res.grade,
+                day(res.as_of),
+                day(res.next_change),
+                computed,
+                False,
+            )
         )
-        old = old_snaps.get(sid)
-        old_grade = policy.grade_of(policy.scale.base) if old is None else old.grade
+        # A placeholder (a subject new to a bulk import) stands at the base grade.
+        old_grade = old_grades.get(sid, base_grade)
         if old_grade != res.grade:
             summary.grade_changes += 1
             events.append(
-                _event("grade.changed", sid, now, policy=policy.label, old=old_grade, new=res.grade)
+                _event(
+                    "grade.changed",
+                    sid,
+                    computed,
+                    policy=policy.label,
+                    old=old_grade,
+                    new=res.grade,
+                )
             )
         current = {m.list_code: m for m in old_lists.get(sid, [])}
         for code, member in res.lists.items():
@@ -94,31 +156,37 @@ def store_results(
             if was is None:
                 summary.entered += 1
                 new_members.append(
-                    {
-                        "subject_id": sid,
-                        "list_code": code,
-                        "kind": member.kind,
-                        "since": member.since,
-                        "until": member.until,
-                        "policy_hash": policy.content_hash,
-                        "entered_at": now,
-                    }
+                    (
+                        sid,
+                        code,
+                        member.kind,
+                        day(member.since),
+                        day(member.until),
+                        policy.content_hash,
+                        computed,
+                    )
                 )
                 events.append(
-                    _event("list.entered", sid, now, policy=policy.label, list=code, until=member.until)
+                    _event(
+                        "list.entered",
+                        sid,
+                        computed,
+                        policy=policy.label,
+                        list=code,
+                        until=member.until,
+                    )
                 )
             elif was.until != member.until:
-                moved.append((was.id, member.until))
+                moved.append((day(member.until), was.id))
         for code, was in current.items():
             summary.left += 1
-            closed.append(was.id)
-            events.append(_event("list.left", sid, now, policy=policy.label, list=code))
-    repo.save_snapshots(session, snaps)
-    repo.close_memberships(session, closed, now=now)
-    repo.update_membership_until(session, moved)
-    repo.insert_memberships(session, new_members)
-    if events:
-        session.execute(insert(outbox), events)
+            closed.append((computed, was.id))
+            events.append(_event("list.left", sid, computed, policy=policy.label, list=code))
+    repo.save_snapshot_rows(bulk, snaps)
+    bulk.executemany("UPDATE memberships SET left_at = ? WHERE id = ?", closed)
+    bulk.executemany("UPDATE memberships SET until = ? WHERE id = ?", moved)
+    bulk.insert("memberships", repo.MEMBERSHIP_COLUMNS, new_members)
+    bulk.insert("outbox", OUTBOX_COLUMNS, events)
     return summary
 
 
@@ -132,8 +200,47 @@ def rescore_subjects(
 ) -> RescoreSummary:
     """Score subjects from their stored records and store what changed."""
     total = RescoreSummary()
+    bulk = Bulk(session)
     for part in repo.chunks(list(subject_ids), 5000):
-        facts = repo.record_facts(session, part)
+        facts = repo.record_facts_bulk(bulk, part)
         results = {sid: score(policy, facts.get(sid, ()), as_of) for sid in part}
         total.add(store_results(session, policy=policy, results=results, now=now))
     return total
+
+
+def mark_stale(
+    session: Session,
+    *,
+    policy: Policy,
+    subject_ids: Sequence[int],
+    as_of: date,
+    now: datetime,
+) -> None:
+    """Mark subjects' snapshots stale in the caller's transaction, to be rescored later.
+
+    A subject without a snapshot gets a placeholder: the base score and grade
+    under ``policy``, stale, so that readers rescore it and
+    :func:`chengxin.service.refresh.refresh_stale` finds it.
+    """
+    if not subject_ids:
+        return
+    bulk = Bulk(session)
+    base = policy.scale.base
+    # One parameter per subject; a snapshot already stale is left as it is.
+    bulk.execute_in(
+        "INSERT INTO snapshots (subject_id, policy_hash, score, grade, as_of, next_change, "
+        "computed_at, stale) SELECT id, ?, ?, ?, ?, CAST(NULL AS DATE), ?, ? FROM subjects "
+        "WHERE id",
+        subject_ids,
+        (
+            policy.content_hash,
+            base,
+            policy.grade_of(base),
+            bulk.day(as_of),
+            bulk.stamp(now),
+            True,
+        ),
+        after=" ON CONFLICT (subject_id) DO UPDATE SET stale = excluded.stale "
+        "WHERE snapshots.stale = ?",
+        after_params=(False,),
+    )

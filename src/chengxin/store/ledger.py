@@ -21,10 +21,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from chengxin.store.repo import Bulk
 from chengxin.store.schema import ledger, ledger_head
 
 GENESIS = "0" * 64
@@ -105,33 +106,60 @@ def append(session: Session, entries: Sequence[NewEntry], *, now: datetime) -> l
     """Append entries in order; return their sequence numbers."""
     if not entries:
         return []
-    top = head(session, lock=True)
-    seq, prev = top.seq, top.entry_hash
-    rows: list[dict[str, Any]] = []
-    for e in entries:
-        seq += 1
-        ph = e.payload_hash or sha256_hex(e.payload)
-        h = entry_hash(seq, e.kind, e.provider, e.ref, ph, prev)
-        rows.append(
-            {
-                "seq": seq,
-                "kind": e.kind,
-                "provider": e.provider,
-                "ref": e.ref,
-                "subject_id": e.subject_id,
-                "payload": e.payload,
-                "payload_hash": ph,
-                "prev_hash": prev,
-                "entry_hash": h,
-                "recorded_at": now,
-            }
-        )
-        prev = h
-    session.execute(insert(ledger), rows)
-    session.execute(
-        update(ledger_head).where(ledger_head.c.id == 1).values(seq=seq, entry_hash=prev)
+    first = append_rows(
+        Bulk(session),
+        [
+            (
+                e.kind,
+                e.provider,
+                e.ref,
+                e.subject_id,
+                e.payload,
+                e.payload_hash or sha256_hex(e.payload),
+            )
+            for e in entries
+        ],
+        top=head(session, lock=True),
+        now=now,
     )
-    return [int(r["seq"]) for r in rows]
+    return list(range(first, first + len(entries)))
+
+
+LEDGER_COLUMNS = (
+    "seq",
+    "kind",
+    "provider",
+    "ref",
+    "subject_id",
+    "payload",
+    "payload_hash",
+    "prev_hash",
+    "entry_hash",
+    "recorded_at",
+)
+
+Row = tuple[str, str | None, str | None, int | None, str, str]
+"""An entry to append: kind, provider, ref, subject_id, payload (canonical JSON), payload_hash."""
+
+
+def append_rows(bulk: Bulk, rows: Sequence[Row], *, top: Head, now: datetime) -> int:
+    """Append entries after the locked head ``top``; return the first one's sequence number.
+
+    The caller took ``top`` with ``head(session, lock=True)`` in this transaction.
+    """
+    seq, prev = top.seq, top.entry_hash
+    first = seq + 1
+    recorded = bulk.stamp(now)
+    out: list[tuple[Any, ...]] = []
+    for kind, provider, ref, subject_id, payload, ph in rows:
+        seq += 1
+        h = entry_hash(seq, kind, provider, ref, ph, prev)
+        out.append((seq, kind, provider, ref, subject_id, payload, ph, prev, h, recorded))
+        prev = h
+    if out:
+        bulk.insert("ledger", LEDGER_COLUMNS, out)
+        bulk.execute("UPDATE ledger_head SET seq = ?, entry_hash = ? WHERE id = 1", (seq, prev))
+    return first
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,32 @@
-"""Repository functions: the queries the service layer needs, on SQLite and PostgreSQL alike."""
+"""Repository functions: the queries the service layer needs, on SQLite and PostgreSQL alike.
+
+The queries that run once per chunk of an import go through :class:`Bulk`:
+plain SQL on the session's own DB-API connection, in its transaction.
+SQLAlchemy compiles an expanding ``IN`` list, and processes every row of an
+executemany, on each call, which cost more than the database's own work on
+those paths; the values bound are still the ones SQLAlchemy's column types
+would write (on SQLite, dates and timestamps as its text forms), so rows
+written either way read back alike.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import Insert, Table, bindparam, select, tuple_, update
+from sqlalchemy import Boolean, Date, DateTime, Insert, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from chengxin.domain.identifiers import SubjectId
 from chengxin.domain.scoring import RecordFact
-from chengxin.store.schema import memberships, records, snapshots, subjects
+from chengxin.store.schema import subjects
 
 CHUNK = 900  # stays under SQLite's bound-parameter limit for IN lists
 
@@ -23,6 +35,153 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     """Consecutive slices of ``items`` of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class Bulk:
+    """Plain SQL on a session's DB-API connection, inside the session's transaction.
+
+    Statements are written with ``?`` placeholders (none may appear in a
+    literal); on PostgreSQL they become ``%s``. ``IN`` lists are bound as a
+    list of ``?`` on SQLite and as one array (``= ANY(%s)``) on PostgreSQL.
+    """
+
+    # SQLite (3.32+) binds at most 32766 parameters per statement, PostgreSQL 65535.
+    _MAX_PARAMS: ClassVar[dict[str, int]] = {"sqlite": 32_766, "postgresql": 65_535}
+    IN_CHUNK = 5_000  # keys per IN list
+
+    def __init__(self, session: Session) -> None:
+        conn = session.connection()  # begins the session's transaction if need be
+        dialect = conn.dialect
+        self.dialect: str = dialect.name
+        if self.dialect not in self._MAX_PARAMS:  # pragma: no cover - SQLite and PostgreSQL only
+            raise NotImplementedError(f"no bulk statements for dialect {self.dialect}")
+        self.sqlite = self.dialect == "sqlite"
+        self._dbapi: Any = conn.connection.dbapi_connection
+        self._error: type[Exception] = dialect.loaded_dbapi.Error
+        self._dialect = dialect
+        self.max_params = self._MAX_PARAMS[self.dialect]
+
+        def bind(t: Any) -> Callable[[Any], Any]:
+            return t.dialect_impl(dialect).bind_processor(dialect) or _identity
+
+        def result(t: Any) -> Callable[[Any], Any]:
+            return t.dialect_impl(dialect).result_processor(dialect, None) or _identity
+
+        # Values as SQLAlchemy's column types write and read them.
+        self.stamp: Callable[[datetime | None], Any] = bind(DateTime(timezone=True))
+        self.day: Callable[[date | None], Any] = bind(Date())
+        self.read_day: Callable[[Any], date | None] = result(Date())
+        self.read_stamp: Callable[[Any], datetime | None] = result(DateTime(timezone=True))
+        self.read_bool: Callable[[Any], bool | None] = result(Boolean())
+
+    def sql(self, text: str) -> str:
+        """``text`` in the driver's parameter style."""
+        return text if self.sqlite else text.replace("?", "%s")
+
+    @contextmanager
+    def _cursor(self, text: str) -> Iterator[Any]:
+        """A cursor; driver errors come out as SQLAlchemy's, as from ``session.execute``."""
+        cur = self._dbapi.cursor()
+        try:
+            yield cur
+        except self._error as exc:
+            raise DBAPIError.instance(
+                text, None, exc, self._error, hide_parameters=True, dialect=self._dialect
+            ) from exc
+        finally:
+            cur.close()
+
+    def rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row ``text`` returns."""
+        text = self.sql(text)
+        with self._cursor(text) as cur:
+            cur.execute(text, params)
+            return list(cur.fetchall())
+
+    def execute(self, text: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the rows it changed."""
+        text = self.sql(text)
+        with self._cursor(text) as cur:
+            cur.execute(text, params)
+            return int(cur.rowcount)
+
+    def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each row of parameters."""
+        if rows:
+            text = self.sql(text)
+            with self._cursor(text) as cur:
+                cur.executemany(text, rows)
+
+    def _in_parts(self, keys: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """``IN (?, ...)`` or ``= ANY(?)`` for ``keys``, in parts, with their parameters."""
+        for part in chunks(list(keys), self.IN_CHUNK):
+            if self.sqlite:
+                yield f" IN ({','.join('?' * len(part))})", list(part)
+            else:
+                yield " = ANY(?)", [list(part)]
+
+    def rows_in(
+        self, text: str, keys: Sequence[Any], params: Sequence[Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Rows of ``text`` (which ends in the column to match) for ``keys``, in parts.
+
+        ``text`` holds ``params``' placeholders before the column, e.g.
+        ``SELECT ref, seq FROM ledger WHERE provider = ? AND ref``.
+        """
+        out: list[tuple[Any, ...]] = []
+        for match, values in self._in_parts(keys):
+            out += self.rows(text + match, [*params, *values])
+        return out
+
+    def execute_in(
+        self,
+        text: str,
+        keys: Sequence[Any],
+        params: Sequence[Any] = (),
+        *,
+        after: str = "",
+        after_params: Sequence[Any] = (),
+    ) -> None:
+        """Run ``text`` (ending in the column to match) ``after`` for ``keys``, in parts."""
+        for match, values in self._in_parts(keys):
+            self.execute(text + match + after, [*params, *values, *after_params])
+
+    def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        suffix: str = "",
+    ) -> list[tuple[Any, ...]]:
+        """Insert rows with multi-row ``VALUES`` statements; return what ``suffix`` returns.
+
+        ``suffix`` follows the values: an ``ON CONFLICT`` clause, a ``RETURNING`` list.
+        """
+        out: list[tuple[Any, ...]] = []
+        if not rows:
+            return out
+        one = "(" + ",".join("?" * len(columns)) + ")"
+        per = max(1, min(2_000, self.max_params // len(columns)))
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        full = ""
+        returning = "RETURNING" in suffix
+        with self._cursor(head) as cur:
+            for part in chunks(rows, per):
+                if len(part) == per and full:
+                    text = full
+                else:
+                    text = self.sql(head + ",".join([one] * len(part)) + suffix)
+                    if len(part) == per:
+                        full = text
+                cur.execute(text, list(itertools.chain.from_iterable(part)))
+                if returning:
+                    out += cur.fetchall()
+        return out
 
 
 def upsert(session: Session, table: Table) -> Any:
@@ -68,17 +227,50 @@ def _subject(row: Any) -> SubjectRow:
     )
 
 
-def subject_ids(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+def subject_ids(
+    session: Session, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, str]]:
     """Map (scheme, value) to (id, kind) for the keys already stored."""
+    return subject_ids_bulk(Bulk(session), keys)
+
+
+def subject_ids_bulk(
+    bulk: Bulk, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """:func:`subject_ids` on a :class:`Bulk`: one IN list per scheme (the unique key's prefix)."""
+    by_scheme: dict[str, list[str]] = {}
+    for scheme, value in keys:
+        by_scheme.setdefault(scheme, []).append(value)
     out: dict[tuple[str, str], tuple[int, str]] = {}
-    for part in chunks(list(keys), 400):
-        rows = session.execute(
-            select(subjects.c.id, subjects.c.scheme, subjects.c.value, subjects.c.kind).where(
-                tuple_(subjects.c.scheme, subjects.c.value).in_(part)
-            )
+    for scheme, values in by_scheme.items():
+        found = bulk.rows_in(
+            "SELECT value, id, kind FROM subjects WHERE scheme = ? AND value", values, (scheme,)
         )
-        for r in rows:
-            out[(r.scheme, r.value)] = (int(r.id), r.kind)
+        for value, sid, kind in found:
+            out[(scheme, value)] = (int(sid), kind)
+    return out
+
+
+SUBJECT_COLUMNS = ("scheme", "value", "kind", "name", "region", "birth_date", "created_at")
+"""The columns of the rows :func:`insert_subject_rows` takes, in order."""
+
+
+def insert_subject_rows(
+    bulk: Bulk, rows: Sequence[Sequence[Any]]
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """Insert subjects given as SUBJECT_COLUMNS tuples, values bound as is; map every
+    (scheme, value) to (id, kind), whether inserted now or by another writer meanwhile."""
+    out = {
+        (scheme, value): (int(sid), kind)
+        for scheme, value, sid, kind in bulk.insert(
+            "subjects",
+            SUBJECT_COLUMNS,
+            rows,
+            suffix=" ON CONFLICT (scheme, value) DO NOTHING RETURNING scheme, value, id, kind",
+        )
+    }
+    if len(out) < len(rows):
+        out.update(subject_ids_bulk(bulk, [(r[0], r[1]) for r in rows if (r[0], r[1]) not in out]))
     return out
 
 
@@ -93,26 +285,21 @@ def insert_subjects(session: Session, rows: list[dict[str, Any]]) -> None:
 
 def record_facts(session: Session, ids: Sequence[int]) -> dict[int, list[RecordFact]]:
     """The records that can count (active or disputed) of each subject, by subject id."""
+    return record_facts_bulk(Bulk(session), ids)
+
+
+def record_facts_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, list[RecordFact]]:
+    """:func:`record_facts` on a :class:`Bulk`."""
     out: dict[int, list[RecordFact]] = {i: [] for i in ids}
-    cols = (
-        records.c.id,
-        records.c.subject_id,
-        records.c.type,
-        records.c.occurred_at,
-        records.c.attributes,
-        records.c.status,
+    day = bulk.read_day
+    found = bulk.rows_in(
+        "SELECT id, subject_id, type, occurred_at, attributes, status FROM records "
+        "WHERE status IN ('active', 'disputed') AND subject_id",
+        ids,
     )
-    for part in chunks(list(ids)):
-        rows = session.execute(
-            select(*cols).where(
-                records.c.subject_id.in_(part), records.c.status.in_(("active", "disputed"))
-            )
-        )
-        for r in rows:
-            attrs = json.loads(r.attributes) if r.attributes != "{}" else {}
-            out[int(r.subject_id)].append(
-                RecordFact(int(r.id), r.type, r.occurred_at, attrs, r.status)
-            )
+    for rid, sid, rtype, occurred, attributes, status in found:
+        attrs = json.loads(attributes) if attributes != "{}" else {}
+        out[int(sid)].append(RecordFact(int(rid), rtype, day(occurred), attrs, status))  # type: ignore[arg-type]
     return out
 
 
@@ -131,13 +318,27 @@ class SnapshotRow:
 
 def snapshots_for(session: Session, ids: Sequence[int]) -> dict[int, SnapshotRow]:
     """Stored snapshots by subject id."""
-    out: dict[int, SnapshotRow] = {}
-    for part in chunks(list(ids)):
-        for r in session.execute(select(snapshots).where(snapshots.c.subject_id.in_(part))):
-            out[int(r.subject_id)] = SnapshotRow(
-                int(r.subject_id), r.policy_hash, r.score, r.grade, r.as_of, r.next_change, r.stale
-            )
-    return out
+    return snapshots_bulk(Bulk(session), ids)
+
+
+def snapshots_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, SnapshotRow]:
+    """:func:`snapshots_for` on a :class:`Bulk`."""
+    day, flag = bulk.read_day, bulk.read_bool
+    found = bulk.rows_in(
+        "SELECT subject_id, policy_hash, score, grade, as_of, next_change, stale "
+        "FROM snapshots WHERE subject_id",
+        ids,
+    )
+    return {
+        int(sid): SnapshotRow(int(sid), ph, sc, gr, day(a), day(n), flag(st))  # type: ignore[arg-type]
+        for sid, ph, sc, gr, a, n, st in found
+    }
+
+
+def grades_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, str]:
+    """The grade of each stored snapshot, by subject id."""
+    found = bulk.rows_in("SELECT subject_id, grade FROM snapshots WHERE subject_id", ids)
+    return {int(sid): grade for sid, grade in found}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,60 +355,114 @@ class MembershipRow:
 
 def open_memberships(session: Session, ids: Sequence[int]) -> dict[int, list[MembershipRow]]:
     """Open (not left) memberships by subject id."""
+    return open_memberships_bulk(Bulk(session), ids)
+
+
+def open_memberships_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, list[MembershipRow]]:
+    """:func:`open_memberships` on a :class:`Bulk`."""
     out: dict[int, list[MembershipRow]] = {i: [] for i in ids}
-    for part in chunks(list(ids)):
-        rows = session.execute(
-            select(memberships).where(
-                memberships.c.subject_id.in_(part), memberships.c.left_at.is_(None)
-            )
-        )
-        for r in rows:
-            out[int(r.subject_id)].append(
-                MembershipRow(int(r.id), int(r.subject_id), r.list_code, r.kind, r.since, r.until)
-            )
+    day = bulk.read_day
+    found = bulk.rows_in(
+        "SELECT id, subject_id, list_code, kind, since, until FROM memberships "
+        "WHERE left_at IS NULL AND subject_id",
+        ids,
+    )
+    for mid, sid, code, kind, since, until in sorted(found):
+        out[int(sid)].append(MembershipRow(int(mid), int(sid), code, kind, day(since), day(until)))
     return out
+
+
+SNAPSHOT_COLUMNS = (
+    "subject_id",
+    "policy_hash",
+    "score",
+    "grade",
+    "as_of",
+    "next_change",
+    "computed_at",
+    "stale",
+)
+MEMBERSHIP_COLUMNS = (
+    "subject_id",
+    "list_code",
+    "kind",
+    "since",
+    "until",
+    "policy_hash",
+    "entered_at",
+)
 
 
 def save_snapshots(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert or replace snapshots."""
-    if not rows:
-        return
-    stmt = upsert(session, snapshots)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["subject_id"],
-        set_={
-            c: stmt.excluded[c]
-            for c in ("policy_hash", "score", "grade", "as_of", "next_change", "computed_at", "stale")
-        },
+    bulk = Bulk(session)
+    day, stamp = bulk.day, bulk.stamp
+    save_snapshot_rows(
+        bulk,
+        [
+            (
+                r["subject_id"],
+                r["policy_hash"],
+                r["score"],
+                r["grade"],
+                day(r["as_of"]),
+                day(r["next_change"]),
+                stamp(r["computed_at"]),
+                bool(r["stale"]),
+            )
+            for r in rows
+        ],
     )
-    session.execute(stmt, rows)
+
+
+def save_snapshot_rows(bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert or replace snapshots given as SNAPSHOT_COLUMNS tuples, values bound as is."""
+    updated = ", ".join(f"{c} = excluded.{c}" for c in SNAPSHOT_COLUMNS[1:])
+    bulk.insert(
+        "snapshots",
+        SNAPSHOT_COLUMNS,
+        rows,
+        suffix=f" ON CONFLICT (subject_id) DO UPDATE SET {updated}",
+    )
 
 
 def close_memberships(session: Session, ids: Sequence[int], *, now: datetime) -> None:
     """Mark memberships as left."""
     if ids:
-        session.execute(
-            update(memberships)
-            .where(memberships.c.id == bindparam("mid"))
-            .values(left_at=now)
-            .execution_options(synchronize_session=False),
-            [{"mid": i} for i in ids],
-        )
+        bulk = Bulk(session)
+        left = bulk.stamp(now)
+        rows = [(left, i) for i in ids]
+        bulk.executemany("UPDATE memberships SET left_at = ? WHERE id = ?", rows)
 
 
 def update_membership_until(session: Session, changes: list[tuple[int, date | None]]) -> None:
     """Update the end date of open memberships."""
     if changes:
-        session.execute(
-            update(memberships)
-            .where(memberships.c.id == bindparam("mid"))
-            .values(until=bindparam("new_until"))
-            .execution_options(synchronize_session=False),
-            [{"mid": i, "new_until": u} for i, u in changes],
+        bulk = Bulk(session)
+        bulk.executemany(
+            "UPDATE memberships SET until = ? WHERE id = ?",
+            [(bulk.day(u), i) for i, u in changes],
         )
 
 
 def insert_memberships(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert new memberships."""
     if rows:
-        session.execute(memberships.insert(), rows)
+        bulk = Bulk(session)
+        day, stamp = bulk.day, bulk.stamp
+        bulk.insert(
+            "memberships",
+            MEMBERSHIP_COLUMNS,
+            [
+                (
+                    r["subject_id"],
+                    r["list_code"],
+                    r["kind"],
+                    day(r["since"]),
+                    day(r["until"]),
+                    r["policy_hash"],
+                    stamp(r["entered_at"]),
+                )
+                for r in rows
+            ],
+        )
