@@ -90,16 +90,20 @@ def refresh_stale(
     """Rescore every stale subject as of today, a chunk per transaction; say what changed.
 
     ``use_engine``: score with the batch engine (True), the pure scorer
-    (False), or the engine from ``ENGINE_MIN`` stale subjects on (None).
+    (False), or the engine from ``ENGINE_MIN`` stale subjects on, the pure
+    scorer if the engine cannot compile the policy (None).
     """
     stale = _count_stale(engine)
     if stale == 0:
         return RescoreSummary()
-    if use_engine is None:
-        use_engine = stale >= ENGINE_MIN
-    if use_engine:
+    if use_engine is False or (use_engine is None and stale < ENGINE_MIN):
+        return _refresh_pure(engine, clock=clock, progress=progress, chunk=chunk)
+    try:
         return _refresh_with_engine(engine, clock=clock, progress=progress, chunk=chunk)
-    return _refresh_pure(engine, clock=clock, progress=progress, chunk=chunk)
+    except _EngineUnavailable:
+        if use_engine:
+            raise
+        return _refresh_pure(engine, clock=clock, progress=progress, chunk=chunk)
 
 
 def _refresh_pure(
@@ -331,16 +335,25 @@ def _parts(ids: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield ids[start : start + size]
 
 
+class _EngineUnavailable(RuntimeError):
+    """The batch engine is not installed, or cannot compile this policy (nothing was written)."""
+
+
 def _refresh_with_engine(
     engine: Engine, *, clock: Clock, progress: Callable[[int], None] | None, chunk: int
 ) -> RescoreSummary:
     today = clock.today()
     with transaction(engine) as session:
         policy = active_policy(session, on=today).policy
-    if engine.dialect.name == "sqlite":
-        batch = _batch_sqlite(engine, policy, today)
-    else:
-        batch = _batch_session(engine, policy, today)
+    try:
+        from chengxin.engine.plan import PlanError
+
+        if engine.dialect.name == "sqlite":
+            batch = _batch_sqlite(engine, policy, today)
+        else:
+            batch = _batch_session(engine, policy, today)
+    except (ImportError, PlanError, NotImplementedError) as exc:  # Ibis: NotImplementedError
+        raise _EngineUnavailable(str(exc)) from exc
     results = _results(policy, today, batch.scores, batch.memberships)
     total = RescoreSummary()
     for part in _parts(sorted(results), chunk):
@@ -360,3 +373,8 @@ def _refresh_with_engine(
     # Subjects marked stale after the read (by a concurrent ingest) are still stale.
     total.add(_refresh_pure(engine, clock=clock, progress=progress, chunk=chunk))
     return total
+
+
+# Shared with the time-travel report in :mod:`chengxin.service.batch`.
+Inputs = _Inputs
+score_inputs = _score
