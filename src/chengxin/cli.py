@@ -571,8 +571,14 @@ def verify(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
 def main() -> None:
     """Run the CLI."""
     from chengxin.cli_city import register
+    from chengxin.cli_principals import register as register_principals
+    from chengxin.cli_serve import register as register_serve
+    from chengxin.cli_webhooks import register as register_webhooks
 
     register(app)
+    register_principals(app)
+    register_serve(app)
+    register_webhooks(app)
     app()
 
 

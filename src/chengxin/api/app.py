@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from chengxin.api import errors
+from chengxin.api import errors, metrics, middleware
 from chengxin.api.settings import Settings
 from chengxin.service.clock import Clock, SystemClock
 from chengxin.store.db import make_engine, require_current, session_factory
@@ -59,4 +59,5 @@ def create_app(
     from chengxin.api.routers import include_all
 
     include_all(app)
+    middleware.install(app, metrics.install(app))
     return app

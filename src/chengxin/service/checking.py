@@ -307,9 +307,9 @@ def _unpack(packed: Packed) -> CheckedLines:
 class CheckerPool:
     """Worker processes that check chunks in order, a few chunks ahead of the caller.
 
-    ``submit`` queues a chunk; ``results`` yields each chunk's :class:`CheckedLines`
-    in submission order. At most ``ahead`` chunks are in flight, so memory
-    stays bounded however large the file. Use as a context manager.
+    :meth:`map` yields each chunk's :class:`CheckedLines` in the order the
+    chunks came. At most ``ahead`` chunks are in flight, so memory stays
+    bounded however large the file. Use as a context manager.
     """
 
     def __init__(
@@ -351,5 +351,6 @@ class CheckerPool:
 
 
 def default_workers() -> int:
-    """Worker processes for a large import: one per core (the parent mostly waits on I/O)."""
+    """Worker processes for a large import: one per core (the parent's database work
+    overlaps theirs)."""
     return os.cpu_count() or 1

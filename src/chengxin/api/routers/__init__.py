@@ -6,7 +6,22 @@ from fastapi import FastAPI
 
 
 def include_all(app: FastAPI) -> None:
-    """Mount every router on ``app``."""
-    from chengxin.api.routers import health
+    """Mount every router on ``app``, with the state they share (``app.state.api``)."""
+    from chengxin.api import deps
+    from chengxin.api.routers import (
+        audit,
+        checks,
+        health,
+        lists,
+        policies,
+        public,
+        records,
+        session,
+        subjects,
+        webhooks,
+    )
 
+    app.include_router(deps.install(app))
     app.include_router(health.router)
+    for module in (records, checks, subjects, lists, public, policies, audit, session, webhooks):
+        app.include_router(module.router)
