@@ -33,30 +33,6 @@ EXAMPLES = 40
 # then remove it here.
 BIG = 2**70
 KNOWN: dict[str, tuple[tuple[str, ...], str, dict[str, Any], str]] = {
-    "GET /v1/audit/events": (
-        ("sqlite", "postgresql"),
-        "/v1/audit/events?subject_id=987654",
-        {},
-        "an unknown subject_id is written to the audit event: foreign key violation",
-    ),
-    "GET /v1/webhooks/subscriptions/{subscription_id}": (
-        ("sqlite", "postgresql"),
-        f"/v1/webhooks/subscriptions/{BIG}",
-        {},
-        "an id beyond 64 bits reaches the database (OverflowError / bigint out of range)",
-    ),
-    "DELETE /v1/webhooks/subscriptions/{subscription_id}": (
-        ("sqlite", "postgresql"),
-        f"/v1/webhooks/subscriptions/{BIG}",
-        {},
-        "an id beyond 64 bits reaches the database (OverflowError / bigint out of range)",
-    ),
-    "POST /v1/webhooks/dead-letters/{delivery_id}:retry": (
-        ("sqlite", "postgresql"),
-        f"/v1/webhooks/dead-letters/{BIG}:retry",
-        {},
-        "an id beyond 64 bits reaches the database (OverflowError / bigint out of range)",
-    ),
     "POST /v1/session": (
         ("postgresql",),
         "/v1/session",

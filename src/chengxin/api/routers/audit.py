@@ -19,6 +19,7 @@ from chengxin.service import audit
 from chengxin.service.principals import Principal
 from chengxin.store.ledger import VerifyResult
 from chengxin.store.ledger import verify as verify_ledger
+from chengxin.store.repo import get_subject
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], route_class=GuardedRoute)
 Auditor = Annotated[Principal, Depends(require(*AUDITORS))]
@@ -37,7 +38,9 @@ def read_events(
     subject: Annotated[
         str | None, Query(max_length=90, description="scheme:identifier, e.g. cn-rid:1101…")
     ] = None,
-    subject_id: Annotated[int | None, Query(description="internal subject id")] = None,
+    subject_id: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="internal subject id")
+    ] = None,
     principal: Annotated[str | None, Query(max_length=120)] = None,
     action: Annotated[str | None, Query(max_length=40, examples=["check"])] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601 instant")] = None,
@@ -59,6 +62,8 @@ def read_events(
         before=before,
         limit=limit,
     )
+    if subject_id is not None and not got and get_subject(session, subject_id) is None:
+        subject_id = None  # an id naming nobody: the read is audited without a subject
     audit.record(
         session,
         principal=caller,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from chengxin.api.deps import JSON, DbSession, GuardedRoute, Now, accepts, error_responses, require
@@ -21,6 +21,8 @@ from chengxin.api.errors import ApiError
 from chengxin.service import audit
 from chengxin.service import webhooks as hooks
 from chengxin.service.principals import Principal
+
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a row id (64-bit)")]
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
 Service = Annotated[Principal, Depends(require("service"))]
@@ -119,7 +121,7 @@ def read_subscriptions(session: DbSession, caller: Service) -> list[Subscription
     summary="One of this service's subscriptions",
 )
 def read_subscription(
-    subscription_id: int, session: DbSession, caller: Service
+    subscription_id: RowId, session: DbSession, caller: Service
 ) -> SubscriptionRead:
     """A subscription of the calling service (another service's is not found)."""
     return _read(
@@ -135,7 +137,7 @@ def read_subscription(
     summary="Unsubscribe",
 )
 def delete_subscription(
-    subscription_id: int, session: DbSession, clock: Now, caller: Service
+    subscription_id: RowId, session: DbSession, clock: Now, caller: Service
 ) -> Response:
     """Revoke the subscription; its pending deliveries are cancelled."""
     hooks.unsubscribe(
@@ -180,7 +182,9 @@ def read_dead_letters(
     summary="Send a dead delivery again",
 )
 @accepts(JSON, "")  # no body needed
-def retry_dead_letter(delivery_id: int, session: DbSession, clock: Now, caller: Admin) -> RetryRead:
+def retry_dead_letter(
+    delivery_id: RowId, session: DbSession, clock: Now, caller: Admin
+) -> RetryRead:
     """Queue a dead delivery for a fresh round of attempts (409 ``delivery_not_dead`` otherwise)."""
     try:
         hooks.retry_dead(session, delivery_id=delivery_id, now=clock.now())
