@@ -370,7 +370,8 @@ class AuditVerifyRead(_Response):
 class SessionCreate(_Request):
     """A person's name and password (JSON or an HTML form)."""
 
-    username: str = Field(min_length=1, max_length=120)
+    # No control characters: PostgreSQL refuses NUL in text, and no name has one.
+    username: str = Field(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f]+$")
     password: str = Field(min_length=1, max_length=1000)
 
 
