@@ -294,9 +294,15 @@ def main() -> None:
         rss = "" if p.rss_peak_mb is None else f"{p.rss_peak_mb:,.0f}"
         kids = "" if p.rss_peak_with_children_mb is None else f"{p.rss_peak_with_children_mb:,.0f}"
         print(f"| {p.name} | {p.records:,} | {p.seconds:.2f} | {p.per_s:,.0f} | {rss} | {kids} |")
+    cpu = detail["parent_cpu_seconds"] + detail["children_cpu_seconds"]
     print(
         f"\nimport vs single-record path: **{ratio:.1f}×**; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs)"
+    )
+    print(
+        f"CPU: {detail['parent_cpu_seconds']:.1f}s in this process, "
+        f"{detail['children_cpu_seconds']:.1f}s in its children "
+        f"({1e6 * cpu / written.lines:.0f} µs per record)"
     )
     print(f"results: {path.relative_to(ROOT)}")
 

@@ -67,6 +67,14 @@ def test_an_unreadable_line_says_why(line: bytes, code: str, message: str) -> No
     assert got.code == code and message in str(got)
 
 
+def test_text_that_is_not_unicode_is_refused_not_a_crash(policy: Policy, record_line: Any) -> None:
+    line = json.loads(json.dumps(record_line(name="Zhang \ud800")))  # a lone surrogate
+    batch = check_lines([(1, line)], policy, date(2026, 11, 1))
+    assert batch.checked == []
+    (res,) = batch.rejected
+    assert (res.line, res.code) == (1, "bad_encoding")
+
+
 def test_a_refusal_survives_pickling() -> None:
     exc = RecordRejected("bad_date", "'occurred_at' is not a date", "occurred_at")
     back = pickle.loads(pickle.dumps(exc))

@@ -93,7 +93,7 @@ class CheckedLines:
     rejected: list[LineResult] = field(default_factory=list)
 
 
-def rejected(line: int, exc: RecordRejected, ref: str | None = None) -> LineResult:
+def rejected_line(line: int, exc: RecordRejected, ref: str | None = None) -> LineResult:
     """The result of a line refused with ``exc``."""
     return LineResult(line, "rejected", ref, code=exc.code, message=str(exc), field=exc.field)
 
@@ -154,13 +154,13 @@ def _check_rows(
     for number, raw in lines:
         count += 1
         if isinstance(raw, RecordRejected):
-            refused.append(rejected(number, raw))
+            refused.append(rejected_line(number, raw))
             continue
         try:
             rows.append(_check_row(number, raw, policy, today))
         except RecordRejected as exc:
             ref = raw.get("ref")
-            refused.append(rejected(number, exc, ref if isinstance(ref, str) else None))
+            refused.append(rejected_line(number, exc, ref if isinstance(ref, str) else None))
     return count, rows, refused
 
 

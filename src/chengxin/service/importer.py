@@ -44,6 +44,7 @@ from chengxin.service.ingest import store_checked
 from chengxin.service.policies import active_policy
 from chengxin.service.refresh import refresh_stale
 from chengxin.service.rescore import RescoreSummary
+from chengxin.store import repo
 from chengxin.store.db import transaction
 from chengxin.store.schema import policies
 
@@ -65,6 +66,7 @@ CSV_COLUMNS = (
 )
 POOL_MIN_BYTES = 8 << 20
 """Files smaller than this are checked in process unless ``workers`` is given."""
+GROWING_TABLES = ("ledger", "records", "subjects", "snapshots")
 KNOWN_SUBJECTS_MAX = 2_000_000
 """Subjects whose ids an import remembers across chunks (about 250 bytes each)."""
 
@@ -272,6 +274,9 @@ def import_file(
             if len(known) < KNOWN_SUBJECTS_MAX:  # committed: these ids are for good
                 known.update(report.subjects)
             summary.chunks += 1
+            if summary.chunks & (summary.chunks - 1) == 0:  # chunks 1, 2, 4, 8...: tables grew
+                with transaction(engine) as session:
+                    repo.update_statistics(session, GROWING_TABLES)
             summary.lines += batch.lines
             summary.accepted += report.count("accepted")
             summary.duplicates += report.count("duplicate")
