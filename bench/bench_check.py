@@ -61,8 +61,14 @@ def build(path: Path, people: int) -> None:
     with transaction(engine) as session:
         text, source = read_policy_source("national")
         stored = add_policy(session, text=text, source=source, now=clock.now())
-        activate(session, policy_id=stored.id, actor="bench", reason="bench",
-                 now=clock.now(), effective_from=date(1970, 1, 1))
+        activate(
+            session,
+            policy_id=stored.id,
+            actor="bench",
+            reason="bench",
+            now=clock.now(),
+            effective_from=date(1970, 1, 1),
+        )
     feed = path.with_suffix(".feed.jsonl")
     write_feed(CityConfig(people=people, seed=11, end=date(2026, 11, 1)), feed, "jsonl")
     started = time.perf_counter()
@@ -144,7 +150,9 @@ def main() -> None:
         "reference_checks": len(sample),
         "reference_per_s": round(slow_rate),
         "speedup": round(fast_rate / slow_rate, 1),
-        "decisions": {d: sum(1 for x in fast if x.outcome == d) for d in ("allow", "deny", "grant")},
+        "decisions": {
+            d: sum(1 for x in fast if x.outcome == d) for d in ("allow", "deny", "grant")
+        },
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     out = Path("bench/results") / f"check-{args.subjects}-{int(time.time())}.json"
@@ -152,10 +160,14 @@ def main() -> None:
     print("| path | checks | checks/s | µs/check |")
     print("|---|---:|---:|---:|")
     print(f"| Checker (fast) | {len(qs):,} | {fast_rate:,.0f} | {fast_s / len(qs) * 1e6:.1f} |")
-    print(f"| reference (session per check) | {len(sample):,} | {slow_rate:,.0f} | "
-          f"{slow_s / len(sample) * 1e6:.1f} |")
-    print(f"\n{n_subjects:,} subjects; speed-up {fast_rate / slow_rate:.1f}x; "
-          f"peak RSS {peak_rss_mb():.0f} MB; decisions {result['decisions']}")
+    print(
+        f"| reference (session per check) | {len(sample):,} | {slow_rate:,.0f} | "
+        f"{slow_s / len(sample) * 1e6:.1f} |"
+    )
+    print(
+        f"\n{n_subjects:,} subjects; speed-up {fast_rate / slow_rate:.1f}x; "
+        f"peak RSS {peak_rss_mb():.0f} MB; decisions {result['decisions']}"
+    )
 
 
 if __name__ == "__main__":

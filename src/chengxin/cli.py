@@ -568,18 +568,34 @@ def verify(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
             raise typer.Exit(1)
 
 
+_registered = False
+
+
+def register_all() -> typer.Typer:
+    """Add every command module's commands to :data:`app` (once) and return it."""
+    global _registered
+    if not _registered:
+        from chengxin.cli_batch import register as register_batch
+        from chengxin.cli_city import register as register_city
+        from chengxin.cli_principals import register as register_principals
+        from chengxin.cli_serve import register as register_serve
+        from chengxin.cli_webhooks import register as register_webhooks
+
+        for register in (
+            register_city,
+            register_batch,
+            register_principals,
+            register_serve,
+            register_webhooks,
+        ):
+            register(app)
+        _registered = True
+    return app
+
+
 def main() -> None:
     """Run the CLI."""
-    from chengxin.cli_city import register
-    from chengxin.cli_principals import register as register_principals
-    from chengxin.cli_serve import register as register_serve
-    from chengxin.cli_webhooks import register as register_webhooks
-
-    register(app)
-    register_principals(app)
-    register_serve(app)
-    register_webhooks(app)
-    app()
+    register_all()()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,14 +16,13 @@ from click.testing import Result
 from sqlalchemy import Connection, Engine, event, update
 from typer.testing import CliRunner
 
-from chengxin.cli import app
-from chengxin.cli_city import register
+from chengxin.cli import register_all
 from chengxin.domain.identifiers import make_rid
 from chengxin.service.policies import read_policy_source
 from chengxin.store.db import make_engine, transaction
 from chengxin.store.schema import ledger
 
-register(app)  # as main() does
+app = register_all()  # as main() does
 runner = CliRunner()
 
 AGO = (date.today() - timedelta(days=30)).isoformat()

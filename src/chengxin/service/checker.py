@@ -64,8 +64,10 @@ class Checker:
         self._raw = engine.raw_connection()
         dialect = engine.dialect.name
         p = "?" if dialect == "sqlite" else "%s"
-        agg = "group_concat(m.list_code, ',')" if dialect == "sqlite" else (
-            "string_agg(m.list_code, ',')"
+        agg = (
+            "group_concat(m.list_code, ',')"
+            if dialect == "sqlite"
+            else ("string_agg(m.list_code, ',')")
         )
         self._sql = _SQL.format(agg=agg, p=p, consent=_CONSENT.format(p=p))
         self._cache: _Cached | None = None

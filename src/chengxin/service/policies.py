@@ -1,4 +1,4 @@
-"""Policies in the store: add a version, activate it (an audited ledger entry), find the active one."""
+"""Policies in the store: add a version, activate it (an audited ledger entry), find the active."""
 
 from __future__ import annotations
 
@@ -159,7 +159,5 @@ def read_policy_source(name_or_path: str) -> tuple[str, str]:
             raise Invalid(f"{path} is not UTF-8 text (byte {exc.start})") from None
     resource = files("chengxin.policies") / f"{name_or_path}.yaml"
     if not resource.is_file():
-        raise NotFound(
-            f"no policy pack or file named {name_or_path!r} (packs: {', '.join(PACKS)})"
-        )
+        raise NotFound(f"no policy pack or file named {name_or_path!r} (packs: {', '.join(PACKS)})")
     return resource.read_text(encoding="utf-8"), f"{name_or_path}.yaml"

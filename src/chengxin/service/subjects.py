@@ -110,8 +110,14 @@ def explain(session: Session, *, subject: SubjectId, clock: Clock) -> Explanatio
     counted = {c.record_id: c for c in result.contributions}
     rows = session.execute(
         select(
-            records.c.id, records.c.type, records.c.occurred_at, records.c.provider,
-            records.c.ref, records.c.status, records.c.attributes, records.c.supersedes,
+            records.c.id,
+            records.c.type,
+            records.c.occurred_at,
+            records.c.provider,
+            records.c.ref,
+            records.c.status,
+            records.c.attributes,
+            records.c.supersedes,
         )
         .where(records.c.subject_id == row.id)
         .order_by(records.c.occurred_at, records.c.id)
@@ -179,13 +185,22 @@ def check(
     )
     if usable and snap is not None:
         lists = {m_.list_code for m_ in repo.open_memberships(session, [row.id])[row.id]}
-        hit = (m.triggered_by.list in lists) if m.triggered_by.list else (
-            snap.grade in policy.grades_matching(m.triggered_by)
+        hit = (
+            (m.triggered_by.list in lists)
+            if m.triggered_by.list
+            else (snap.grade in policy.grades_matching(m.triggered_by))
         )
         if not (hit and m.kind == "sanction"):
-            stub = ScoreResult(policy.label, today, snap.score, snap.score, snap.grade, (), {
-                code: _membership_stub(code, policy) for code in lists
-            }, snap.next_change)
+            stub = ScoreResult(
+                policy.label,
+                today,
+                snap.score,
+                snap.score,
+                snap.grade,
+                (),
+                {code: _membership_stub(code, policy) for code in lists},
+                snap.next_change,
+            )
             return decide(policy, measure, stub, consent=consent)
     result = fresh_result(session, policy=policy, subject_id=row.id, clock=clock)
     return decide(policy, measure, result, consent=consent)
@@ -216,8 +231,13 @@ def list_members(
     """Current members of one list or all lists (identifiers masked when ``masked``)."""
     stmt = (
         select(
-            memberships.c.list_code, memberships.c.kind, memberships.c.since, memberships.c.until,
-            subjects.c.scheme, subjects.c.value, subjects.c.name,
+            memberships.c.list_code,
+            memberships.c.kind,
+            memberships.c.since,
+            memberships.c.until,
+            subjects.c.scheme,
+            subjects.c.value,
+            subjects.c.name,
         )
         .join(subjects, subjects.c.id == memberships.c.subject_id)
         .where(memberships.c.left_at.is_(None))
@@ -231,8 +251,12 @@ def list_members(
         sid = SubjectId(r.scheme, r.value)
         out.append(
             ListEntryView(
-                r.list_code, r.kind, mask(sid) if masked else str(sid),
-                None if masked else r.name, r.since, r.until,
+                r.list_code,
+                r.kind,
+                mask(sid) if masked else str(sid),
+                None if masked else r.name,
+                r.since,
+                r.until,
             )
         )
     return out
