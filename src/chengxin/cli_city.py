@@ -138,10 +138,22 @@ def demo(
     people: Annotated[int, typer.Option(help="People in the synthetic city.", min=100)] = 20_000,
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo files go.")] = Path("."),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve/--no-serve", help="Then serve the pages and the API until Ctrl-C."),
+    ] = True,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="TCP port to serve on.")
+    ] = 8000,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Build a synthetic city in a local SQLite file, score it, and print where to look."""
-    from chengxin.cli import emit, guarded, out
+    """Build a synthetic city in a local SQLite file, score it, serve it, and print where to look.
+
+    Two demo accounts are made with a fresh password each (printed once): the
+    subject with the most points and a judgment defaulter, whose record a demo
+    airline has consulted, so the portal shows every part.
+    """
+    from chengxin.cli import emit, guarded
     from chengxin.service.clock import SystemClock
     from chengxin.service.importer import import_file
     from chengxin.service.policies import activate, add_policy, read_policy_source
@@ -181,6 +193,7 @@ def demo(
                 engine, feed, clock=clock, progress=lambda n: bar.advance(task, n)
             )
         view = _overview(engine)
+        accounts = _demo_accounts(engine, view, clock)
         engine.dispose()
         seconds = time.perf_counter() - started
         data = {
@@ -189,37 +202,113 @@ def demo(
             "import": summary.as_dict(),
             "seconds": round(seconds, 1),
             **view,
+            "accounts": accounts,
+            "url": f"http://127.0.0.1:{port}/" if serve else None,
         }
         if as_json:
             emit(data)
-            return
-        out.print(
-            f"[bold]A synthetic city of {view['subjects']:,} subjects[/] "
-            f"({people:,} people) with {view['records']:,} records, in {seconds:.1f}s."
+        else:
+            _print_demo(data, people=people)
+        if serve:
+            from chengxin.cli_serve import serve as run_server
+
+            run_server(db=str(db), port=port, log_level="warning", as_json=as_json)
+
+
+def _demo_accounts(engine: Any, view: dict[str, Any], clock: Any) -> list[dict[str, str]]:
+    """Log-ins for two demo subjects (fresh passwords), and an airline that checked one."""
+    import secrets
+
+    from chengxin.cli import parse_subject
+    from chengxin.service import audit
+    from chengxin.service.principals import add_principal
+    from chengxin.service.subjects import check
+    from chengxin.store.db import transaction
+
+    out: list[dict[str, str]] = []
+    with transaction(engine) as session:
+        airline = add_principal(
+            session,
+            name="demo-airline",
+            role="service",
+            kind="machine",
+            service_kind="airline",
+            scopes=("transport.flight_booking",),
+            now=clock.now(),
         )
-        out.print(
-            f"database: {db}\nfeed:     {feed} ({summary.rejected} lines rejected"
-            + (f", see {summary.rejects_file})" if summary.rejects_file else ")")
-        )
-        t = Table("grade", "subjects", title="grades under national@2026.1")
-        order = ["AAA", "AA", "A", "B", "C", "D"]
-        for g in sorted(view["grades"], key=lambda g: order.index(g) if g in order else 99):
-            t.add_row(g, f"{view['grades'][g]:,}")
-        out.print(t)
-        for code, n in sorted(Counter(view["lists"]).items()):
-            out.print(f"list [bold]{code}[/]: {n:,} member(s)")
-        out.print("\n[bold]Where to look next:[/]")
-        if view["defaulter"]:
-            out.print(f"  chengxin explain {view['defaulter']} --db {db}")
-            out.print(
-                f"  chengxin check {view['defaulter']} transport.flight_booking "
-                f"--service airline --db {db}"
+        for name, key in (("demo-defaulter", "defaulter"), ("demo-best", "best")):
+            if not view[key]:
+                continue
+            subject = parse_subject(view[key])
+            password = secrets.token_urlsafe(9)
+            add_principal(
+                session,
+                name=name,
+                role="subject",
+                kind="person",
+                subject=subject,
+                password=password,
+                now=clock.now(),
             )
-        if view["best"]:
-            out.print(f"  chengxin explain {view['best']} --db {db}")
-        out.print(f"  chengxin lists judgment-defaulters --masked --db {db}")
-        out.print(f"  chengxin verify --db {db}")
-        out.print("  chengxin policy show national")
+            decision = check(
+                session,
+                subject=subject,
+                measure="transport.flight_booking",
+                service="airline",
+                clock=clock,
+            )
+            audit.record_check(
+                session,
+                principal=airline,
+                subject=subject,
+                decision=decision,
+                purpose="booking a flight (demo)",
+                now=clock.now(),
+            )
+            out.append({"name": name, "password": password, "subject": view[key]})
+    return out
+
+
+def _print_demo(data: dict[str, Any], *, people: int) -> None:
+    """The demo's summary for a person at a terminal."""
+    from chengxin.cli import out
+
+    view, db, summary = data, data["db"], data["import"]
+    out.print(
+        f"[bold]A synthetic city of {view['subjects']:,} subjects[/] "
+        f"({people:,} people) with {view['records']:,} records, in {data['seconds']:.1f}s."
+    )
+    rejects = summary.get("rejects_file")
+    out.print(
+        f"database: {db}\nfeed:     {data['feed']} ({summary['rejected']} lines rejected"
+        + (f", see {rejects})" if rejects else ")")
+    )
+    t = Table("grade", "subjects", title="grades under national@2026.1")
+    order = ["AAA", "AA", "A", "B", "C", "D"]
+    for g in sorted(view["grades"], key=lambda g: order.index(g) if g in order else 99):
+        t.add_row(g, f"{view['grades'][g]:,}")
+    out.print(t)
+    for code, n in sorted(Counter(view["lists"]).items()):
+        out.print(f"list [bold]{code}[/]: {n:,} member(s)")
+    out.print("\n[bold]Where to look next:[/]")
+    if view["defaulter"]:
+        out.print(f"  chengxin explain {view['defaulter']} --db {db}")
+        out.print(
+            f"  chengxin check {view['defaulter']} transport.flight_booking "
+            f"--service airline --db {db}"
+        )
+    if view["best"]:
+        out.print(f"  chengxin explain {view['best']} --db {db}")
+    out.print(f"  chengxin lists judgment-defaulters --masked --db {db}")
+    out.print(f"  chengxin verify --db {db}")
+    out.print("  chengxin policy show national")
+    if data["url"]:
+        out.print(f"\n[bold]Pages and API at {data['url']}[/] (Ctrl-C stops); log in as:")
+    else:
+        out.print("\nServe the pages and the API with")
+        out.print(f"  chengxin serve --db {db}\nand log in as:")
+    for acc in data["accounts"]:
+        out.print(f"  {acc['name']}  password {acc['password']}  ({acc['subject']})")
 
 
 def register(app: typer.Typer) -> None:

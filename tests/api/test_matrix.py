@@ -92,6 +92,17 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("DELETE", "/v1/webhooks/subscriptions/{subscription_id}"): only("service"),
     ("GET", "/v1/webhooks/dead-letters"): only("admin"),
     ("POST", "/v1/webhooks/dead-letters/{delivery_id}:retry"): only("admin"),
+    # pages (chengxin.web) for people: an API key counts for nothing there. The
+    # portal sends anyone without a subject's session cookie to the log-in form
+    # and refuses other people (tests/api/test_pages.py, tests/e2e).
+    ("GET", "/"): OPEN,
+    ("GET", "/policy"): OPEN,
+    ("GET", "/lists/{code}"): OPEN,
+    ("GET", "/login"): OPEN,
+    ("POST", "/login"): OPEN,
+    ("POST", "/logout"): OPEN,
+    ("GET", "/me"): OPEN,
+    ("GET", "/static/style.css"): OPEN,
 }
 
 

@@ -59,5 +59,8 @@ def create_app(
     from chengxin.api.routers import include_all
 
     include_all(app)
+    from chengxin.web.pages import router as pages
+
+    app.include_router(pages)
     middleware.install(app, metrics.install(app))
     return app
