@@ -28,7 +28,7 @@ from chengxin.domain.policy import Policy
 from chengxin.domain.records import RecordRejected
 from chengxin.service.clock import FixedClock
 from chengxin.service.ingest import BatchReport, ingest_batch
-from chengxin.service.policies import activate, add_policy, read_policy_source
+from chengxin.service.policies import install_policy, read_policy_source
 from chengxin.store import ledger
 from chengxin.store.db import make_engine, migrate, transaction
 from chengxin.store.schema import metadata
@@ -180,14 +180,13 @@ def policy(engine: Engine, clock: FixedClock) -> Policy:
     """The national pack, stored and active since 1970-01-01."""
     text_, source = read_policy_source("national")
     with transaction(engine) as session:
-        stored = add_policy(session, text=text_, source=source, now=clock.now())
-        activate(
+        stored = install_policy(
             session,
-            policy_id=stored.id,
+            text=text_,
+            source=source,
             actor="tests",
             reason="test fixture",
             now=clock.now(),
-            effective_from=date(1970, 1, 1),
         )
     return stored.policy
 

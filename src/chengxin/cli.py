@@ -146,7 +146,7 @@ def init(
 ) -> None:
     """Create or upgrade the database and activate a policy if none is active."""
     from chengxin.service.errors import NoActivePolicy
-    from chengxin.service.policies import activate, active_policy, add_policy, read_policy_source
+    from chengxin.service.policies import active_policy, install_policy, read_policy_source
 
     with guarded(as_json):
         text, source = read_policy_source(policy)  # refuse a bad --policy before touching the db
@@ -158,14 +158,13 @@ def init(
                 current = active_policy(session).policy
                 activated = None
             except NoActivePolicy:
-                stored = add_policy(session, text=text, source=source, now=clock.now())
-                activate(
+                stored = install_policy(
                     session,
-                    policy_id=stored.id,
+                    text=text,
+                    source=source,
                     actor="chengxin init",
                     reason="initial policy",
                     now=clock.now(),
-                    effective_from=date(1970, 1, 1),
                 )
                 current = stored.policy
                 activated = current.label

@@ -156,7 +156,7 @@ def demo(
     from chengxin.cli import emit, guarded
     from chengxin.service.clock import SystemClock
     from chengxin.service.importer import import_file
-    from chengxin.service.policies import activate, add_policy, read_policy_source
+    from chengxin.service.policies import install_policy, read_policy_source
     from chengxin.store.db import make_engine, migrate, transaction
     from chengxin.synth import CityConfig, write_feed
 
@@ -172,14 +172,13 @@ def demo(
         migrate(engine)
         with transaction(engine) as session:
             text, source = read_policy_source("national")
-            stored = add_policy(session, text=text, source=source, now=clock.now())
-            activate(
+            install_policy(
                 session,
-                policy_id=stored.id,
+                text=text,
+                source=source,
                 actor="chengxin demo",
                 reason="demo city",
                 now=clock.now(),
-                effective_from=date(1970, 1, 1),
             )
         cfg = CityConfig(people=people, seed=seed, end=clock.today())
         with _bar("synth ") as bar:

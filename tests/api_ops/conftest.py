@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
-from datetime import date
 
 import pytest
 from argon2 import PasswordHasher
@@ -34,7 +33,7 @@ from chengxin.api.settings import Settings
 from chengxin.domain.policy import Policy
 from chengxin.service import principals as principals_module
 from chengxin.service.clock import FixedClock, SystemClock
-from chengxin.service.policies import activate, add_policy, read_policy_source
+from chengxin.service.policies import install_policy, read_policy_source
 from chengxin.service.principals import Role
 from chengxin.store.db import make_engine, transaction
 
@@ -85,14 +84,8 @@ def _prepare(db: str, subject_rid: str) -> dict[Role, str]:
     try:
         text, source = read_policy_source("national")
         with transaction(engine) as session:
-            stored = add_policy(session, text=text, source=source, now=now)
-            activate(
-                session,
-                policy_id=stored.id,
-                actor="tests",
-                reason="test fixture",
-                now=now,
-                effective_from=date(1970, 1, 1),
+            install_policy(
+                session, text=text, source=source, actor="tests", reason="test fixture", now=now
             )
         return make_principals(engine, now=now, subject_rid=subject_rid)
     finally:

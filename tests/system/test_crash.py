@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from chengxin.cli import app
 from chengxin.domain.identifiers import make_rid
 from chengxin.service.clock import SystemClock
-from chengxin.service.policies import activate, add_policy, read_policy_source
+from chengxin.service.policies import install_policy, read_policy_source
 from chengxin.store.db import make_engine, migrate, transaction
 
 CHENGXIN = str(Path(sys.executable).with_name("chengxin"))
@@ -67,14 +67,13 @@ def init_db(db: Path) -> None:
         clock = SystemClock()
         text, source = read_policy_source("national")
         with transaction(engine) as session:
-            stored = add_policy(session, text=text, source=source, now=clock.now())
-            activate(
+            install_policy(
                 session,
-                policy_id=stored.id,
+                text=text,
+                source=source,
                 actor="tests",
                 reason="crash test",
                 now=clock.now(),
-                effective_from=date(1970, 1, 1),
             )
     finally:
         engine.dispose()

@@ -21,7 +21,7 @@ from chengxin.domain.policy import Policy
 from chengxin.domain.scoring import score
 from chengxin.service.clock import SystemClock
 from chengxin.service.importer import import_file
-from chengxin.service.policies import activate, active_policy, add_policy, read_policy_source
+from chengxin.service.policies import active_policy, install_policy, read_policy_source
 from chengxin.service.refresh import refresh_stale
 from chengxin.store import repo
 from chengxin.store.db import make_engine, migrate, transaction
@@ -47,14 +47,13 @@ def init_db(db: Path) -> None:
         clock = SystemClock()
         text, source = read_policy_source("national")
         with transaction(engine) as session:
-            stored = add_policy(session, text=text, source=source, now=clock.now())
-            activate(
+            install_policy(
                 session,
-                policy_id=stored.id,
+                text=text,
+                source=source,
                 actor="tests",
                 reason="crash test",
                 now=clock.now(),
-                effective_from=date(1970, 1, 1),
             )
     finally:
         engine.dispose()

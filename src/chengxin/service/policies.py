@@ -122,6 +122,33 @@ def activate(
     return seq
 
 
+SINCE_EVER = date(1970, 1, 1)
+"""The ``effective_from`` of a first policy: in force for every record a feed may hold."""
+
+
+def install_policy(
+    session: Session,
+    *,
+    text: str,
+    source: str,
+    actor: str,
+    reason: str,
+    now: datetime,
+    effective_from: date = SINCE_EVER,
+) -> StoredPolicy:
+    """Store a policy and activate it at once (a new database's first policy, a demo, a test)."""
+    stored = add_policy(session, text=text, source=source, now=now)
+    activate(
+        session,
+        policy_id=stored.id,
+        actor=actor,
+        reason=reason,
+        now=now,
+        effective_from=effective_from,
+    )
+    return stored
+
+
 def active_policy(session: Session, *, on: date | None = None) -> StoredPolicy:
     """The policy in force on ``on`` (default: the latest activation)."""
     stmt = (
