@@ -103,6 +103,8 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("POST", "/logout"): OPEN,
     ("GET", "/me"): OPEN,
     ("GET", "/static/style.css"): OPEN,
+    ("GET", "/console/audit"): OPEN,  # auditors' page: cookie only, as above
+    ("GET", "/console/subject"): OPEN,  # adjudicators' page: cookie only, as above
 }
 
 

@@ -202,3 +202,57 @@ def test_log_out_needs_the_session_csrf_token(
     done = client.post("/logout", data={"csrf_token": token.group(1)}, follow_redirects=False)
     assert done.status_code == 303
     assert client.get("/me", follow_redirects=False).status_code == 303
+
+
+def _person(engine: Engine, clock: FixedClock, name: str, role: str) -> None:
+    with transaction(engine) as session:
+        add_principal(
+            session, name=name, role=role, kind="person", password=SUBJECT_PASSWORD, now=clock.now()
+        )
+
+
+def test_an_adjudicator_reads_a_subject_for_a_purpose_the_subject_then_sees(
+    client: TestClient, engine: Engine, clock: FixedClock, subject_login: dict[str, str]
+) -> None:
+    _person(engine, clock, "judge-li", "adjudicator")
+    assert _log_in(client, "judge-li", SUBJECT_PASSWORD).status_code == 303
+    qualified = f"cn-rid:{subject_login['rid']}"
+    no_purpose = client.get("/console/subject", params={"subject": qualified})
+    assert no_purpose.status_code == 422 and "purpose" in no_purpose.text
+    read = client.get(
+        "/console/subject", params={"subject": qualified, "purpose": "dispute 2026/117"}
+    )
+    assert read.status_code == 200 and 'id="points"' in read.text
+    assert client.get("/console/audit").status_code == 403  # not an auditor
+    client.cookies.clear()
+    _log_in(client, "zhang", SUBJECT_PASSWORD)
+    mine = client.get("/me").text
+    assert "judge-li" in mine and "dispute 2026/117" in mine
+    assert client.get("/console/subject").status_code == 404  # a subject learns nothing
+
+
+def test_an_auditor_reads_the_trail_and_verifies_the_chains(
+    client: TestClient, engine: Engine, clock: FixedClock, subject_login: dict[str, str]
+) -> None:
+    _person(engine, clock, "auditor-wu", "auditor")
+    _log_in(client, "zhang", SUBJECT_PASSWORD)
+    client.get("/me")  # one subject.read event
+    client.cookies.clear()
+    assert _log_in(client, "auditor-wu", SUBJECT_PASSWORD).status_code == 303
+    page = client.get("/console/audit", params={"action": "subject.read", "verify": "true"})
+    assert page.status_code == 200
+    assert "zhang" in page.text and page.text.count("intact") == 2
+    assert client.get("/console/subject").status_code == 403
+    with transaction(engine) as session:
+        last = session.execute(
+            select(audit_events.c.action, audit_events.c.principal)
+            .order_by(audit_events.c.seq.desc())
+            .limit(1)
+        ).one()
+    assert tuple(last) == ("audit.read", "auditor-wu")
+
+
+def test_the_console_needs_a_log_in(client: TestClient) -> None:
+    for path in ("/console/audit", "/console/subject"):
+        res = client.get(path, follow_redirects=False)
+        assert res.status_code == 303 and res.headers["location"] == "/login"

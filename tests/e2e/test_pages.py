@@ -164,3 +164,44 @@ def test_a_revoked_account_loses_its_session_at_once(
         revoke(session, name="zhang", now=clock.now())
     page.reload()  # the portal re-reads the principal on every request
     expect(page).to_have_url(live_server + "/login")
+
+
+def _log_in(page: Any, base: str, name: str) -> None:
+    page.goto(base + "/login")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_every_read_is_seen_by_the_subject_and_the_auditor(
+    page: Any, live_server: str, defaulter: str, engine: Engine, clock: FixedClock, tmp_path: Path
+) -> None:
+    with transaction(engine) as session:
+        for name, role in (("judge-li", "adjudicator"), ("auditor-wu", "auditor")):
+            add_principal(
+                session, name=name, role=role, kind="person", password=PASSWORD, now=clock.now()
+            )
+    # An adjudicator reads the subject for a dispute.
+    _log_in(page, live_server, "judge-li")
+    page.get_by_role("link", name="Read a subject").click()
+    page.get_by_label("Subject").fill(f"cn-rid:{defaulter}")
+    page.get_by_label("Purpose").fill("dispute 2026/117")
+    page.get_by_role("button", name="Read").click()
+    expect(page.locator("#lists")).to_contain_text("Judgment defaulters")
+    page.screenshot(path=str(tmp_path / "console-subject.png"), full_page=True)
+    page.get_by_role("button", name="Log out judge-li").click()
+    # The subject sees that read among the consultations of its record.
+    _log_in(page, live_server, "zhang")
+    expect(page.locator("#consultations")).to_contain_text("judge-li")
+    expect(page.locator("#consultations")).to_contain_text("dispute 2026/117")
+    page.get_by_role("button", name="Log out zhang").click()
+    # The auditor finds both reads in the trail, and both chains intact.
+    _log_in(page, live_server, "auditor-wu")
+    page.get_by_role("link", name="Audit trail").click()
+    page.get_by_label("Verify the chains").check()
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#chains")).to_contain_text("intact")
+    expect(page.locator("#chains tbody tr")).to_have_count(2)
+    expect(page.locator("#events")).to_contain_text("dispute 2026/117")
+    expect(page.locator("#events")).to_contain_text("subject.read")
+    page.screenshot(path=str(tmp_path / "console-audit.png"), full_page=True)

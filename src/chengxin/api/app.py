@@ -59,8 +59,9 @@ def create_app(
     from chengxin.api.routers import include_all
 
     include_all(app)
-    from chengxin.web.pages import router as pages
+    from chengxin.web import console, pages
 
-    app.include_router(pages)
+    app.include_router(pages.router)
+    app.include_router(console.router)
     middleware.install(app, metrics.install(app))
     return app

@@ -43,7 +43,7 @@ from chengxin.service.principals import (
     subject_of,
     verify_password,
 )
-from chengxin.service.subjects import explain
+from chengxin.service.subjects import Explanation, explain
 from chengxin.web.charts import grade_scale
 
 router = APIRouter(include_in_schema=False)
@@ -78,7 +78,7 @@ def _stylesheet() -> bytes:
     return (HERE / "static" / "style.css").read_bytes()
 
 
-def _principal(request: Request, session: Session, clock: Clock) -> Principal | None:
+def current_person(request: Request, session: Session, clock: Clock) -> Principal | None:
     """The person logged in with a valid session cookie, or None."""
     cookie = request.cookies.get(COOKIE_NAME)
     if cookie is None:
@@ -97,7 +97,12 @@ def render(
 ) -> HTMLResponse:
     """A page from ``template`` with the log-in state in its header."""
     csrf = auth.csrf_of(request, secret=api_state(request).session_secret) if who else None
-    context = {"who": who.name if who else None, "csrf": csrf, **ctx}
+    context = {
+        "who": who.name if who else None,
+        "role": who.role if who else None,
+        "csrf": csrf,
+        **ctx,
+    }
     return TEMPLATES.TemplateResponse(
         request, template, context, status_code=status, headers=PAGE_HEADERS
     )
@@ -142,7 +147,7 @@ def stylesheet() -> Response:
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, session: DbSession, clock: Now) -> HTMLResponse:
     """The start page: the policy in force and its public lists."""
-    who = _principal(request, session, clock)
+    who = current_person(request, session, clock)
     try:
         policy = active_policy(session, on=clock.today()).policy
     except PAGE_ERRORS as exc:
@@ -154,7 +159,7 @@ def home(request: Request, session: DbSession, clock: Now) -> HTMLResponse:
 @router.get("/policy", response_class=HTMLResponse)
 def policy_page(request: Request, session: DbSession, clock: Now) -> HTMLResponse:
     """The policy in force, in full: grades, rules, lists and measures (no secret methods)."""
-    who = _principal(request, session, clock)
+    who = current_person(request, session, clock)
     try:
         policy = active_policy(session, on=clock.today()).policy
     except PAGE_ERRORS as exc:
@@ -170,7 +175,7 @@ def public_list_page(
     code: str, request: Request, session: DbSession, clock: Now, q: str | None = None
 ) -> HTMLResponse:
     """Search one public list; identifiers masked, no names, rate limited per client."""
-    who = _principal(request, session, clock)
+    who = current_person(request, session, clock)
     limit = 50
     try:
         client = request.client.host if request.client else "unknown"
@@ -281,7 +286,19 @@ async def log_out(request: Request) -> Response:
     return response
 
 
-def _effects(policy: Policy, ex: Any) -> list[dict[str, Any]]:
+def record_view(ex: Explanation) -> dict[str, Any]:
+    """What the record pages show of an explanation (the portal's and the console's)."""
+    data = ex.as_dict()
+    data["raw_delta"] = sum(c["value"] for c in data["contributions"])
+    return {
+        "ex": data,
+        "effects": _effects(ex.policy, ex),
+        "list_titles": {lst.code: lst.title or lst.code for lst in ex.policy.lists},
+        "appeal": ex.policy.appeal,
+    }
+
+
+def _effects(policy: Policy, ex: Explanation) -> list[dict[str, Any]]:
     """The measures that apply to the subject now, each with its reasons and appeal route."""
     out = []
     for m in policy.measures:
@@ -307,7 +324,7 @@ def _effects(policy: Policy, ex: Any) -> list[dict[str, Any]]:
 @router.get("/me", response_class=HTMLResponse)
 def my_record(request: Request, session: DbSession, clock: Now) -> Response:
     """The subject's own record: score, grade, every point, lists, records and who consulted it."""
-    who = _principal(request, session, clock)
+    who = current_person(request, session, clock)
     if who is None:
         return RedirectResponse("/login", status_code=303)
     try:
@@ -327,16 +344,11 @@ def my_record(request: Request, session: DbSession, clock: Now) -> Response:
         detail={"policy": ex.policy.label, "via": "portal"},
         now=clock.now(),
     )
-    data = ex.as_dict()
-    data["raw_delta"] = sum(c["value"] for c in data["contributions"])
     return render(
         request,
         "me.html",
         who=who,
-        ex=data,
         chart=grade_scale(ex.policy, ex.result.score),
-        effects=_effects(ex.policy, ex),
-        list_titles={lst.code: lst.title or lst.code for lst in ex.policy.lists},
         consultations=audit.consultations(session, subject_id=who.subject_id, limit=200),
-        appeal=ex.policy.appeal,
+        **record_view(ex),
     )
