@@ -71,9 +71,13 @@ def live_server(engine: Engine, clock: FixedClock, policy: Policy, db_url: str) 
     thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, for the whole test session."""
+    """Debian's Chromium, headless, for one test module.
+
+    Playwright's sync API runs an event loop on the main thread while it is
+    open; it must be closed before other modules' tests start their own.
+    """
     if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
         if os.environ.get("CI"):
             pytest.fail(f"Chromium is not at {CHROMIUM}: .ci/run installs Debian's chromium")
