@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import time
@@ -127,9 +128,12 @@ def main() -> None:
     for sid, measure, service in qs[:2000]:  # warm the page cache and the snapshots
         checker.check(sid, measure, service)
 
+    load_before = os.getloadavg()
+    cpu0 = time.process_time()
     started = time.perf_counter()
     fast = [checker.check(sid, m, s) for sid, m, s in qs]
     fast_s = time.perf_counter() - started
+    fast_cpu = time.process_time() - cpu0
 
     sample = qs[: args.baseline_checks]
     started = time.perf_counter()
@@ -138,6 +142,7 @@ def main() -> None:
         with transaction(engine) as session:
             slow.append(reference_check(session, subject=sid, measure=m, service=s, clock=clock))
     slow_s = time.perf_counter() - started
+    load_after = os.getloadavg()
     assert fast[: len(slow)] == slow, "the fast path must decide exactly as the reference"
     checker.close()
     engine.dispose()
@@ -150,6 +155,9 @@ def main() -> None:
         "checks": len(qs),
         "fast_per_s": round(fast_rate),
         "fast_us_per_check": round(fast_s / len(qs) * 1e6, 1),
+        "fast_cpu_us_per_check": round(fast_cpu / len(qs) * 1e6, 1),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
         "reference_checks": len(sample),
         "reference_per_s": round(slow_rate),
         "speedup": round(fast_rate / slow_rate, 1),
@@ -160,16 +168,20 @@ def main() -> None:
     }
     out = Path("bench/results") / f"check-{args.subjects}-{int(time.time())}.json"
     out.write_text(json.dumps(result, indent=2))
-    print("| path | checks | checks/s | µs/check |")
-    print("|---|---:|---:|---:|")
-    print(f"| Checker (fast) | {len(qs):,} | {fast_rate:,.0f} | {fast_s / len(qs) * 1e6:.1f} |")
+    print("| path | checks | checks/s | µs/check | CPU µs/check |")
+    print("|---|---:|---:|---:|---:|")
+    print(
+        f"| Checker (fast) | {len(qs):,} | {fast_rate:,.0f} | {fast_s / len(qs) * 1e6:.1f} | "
+        f"{fast_cpu / len(qs) * 1e6:.1f} |"
+    )
     print(
         f"| reference (session per check) | {len(sample):,} | {slow_rate:,.0f} | "
-        f"{slow_s / len(sample) * 1e6:.1f} |"
+        f"{slow_s / len(sample) * 1e6:.1f} | |"
     )
     print(
         f"\n{n_subjects:,} subjects; speed-up {fast_rate / slow_rate:.1f}x; "
-        f"peak RSS {peak_rss_mb():.0f} MB; decisions {result['decisions']}"
+        f"peak RSS {peak_rss_mb():.0f} MB; decisions {result['decisions']}; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs)"
     )
 
 
