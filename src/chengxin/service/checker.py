@@ -16,7 +16,9 @@ newest activation id together), without SQLAlchemy on the way. Then:
   changes) answers ``allow`` and ``grant`` directly;
 * a sanction whose trigger holds on a trusted snapshot is scored afresh from
   the subject's records (one more read), as the reference does, because a
-  denial carries the reasons behind it (hard line 5);
+  denial carries the reasons behind it (hard line 5); unlike the reference it
+  does not store that score, which for a trusted snapshot would change
+  nothing but the snapshot's ``computed_at``;
 * an untrusted snapshot goes to the reference path, which rescores the
   subject and stores the result in a transaction of its own.
 """
