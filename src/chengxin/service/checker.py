@@ -1,27 +1,41 @@
-"""The fast check path: one cached policy and one indexed query per check.
+"""The fast check path: a compiled policy and one prepared query per check.
 
 ``check`` in :mod:`chengxin.service.subjects` is the reference; this class
 gives the same decisions at a much higher rate for services that ask many
-questions. Per check it runs one query on a held connection (subject,
-snapshot, open lists and the newest activation id together). It falls back
-to the reference path, which rescores and stores, whenever the snapshot
-cannot be trusted (missing, stale, from another policy, or past the date it
-next changes) or a sanction applies (a denial needs its reasons, which come
-from a fresh scoring).
+questions. The precedence between outcomes is the one written in
+:mod:`chengxin.domain.decisions`; here it is only applied, from tables built
+once per active policy and day (:class:`_Plan`).
+
+Per check it runs one statement on a DB-API connection it holds (the
+subject, its snapshot, its open lists, its consent to the measure and the
+newest activation id together), without SQLAlchemy on the way. Then:
+
+* an unknown subject is answered as one with no records (no leak), from a
+  decision computed once per plan;
+* a trusted snapshot (current policy, not stale, not past the day it next
+  changes) answers ``allow`` and ``grant`` directly;
+* a sanction whose trigger holds on a trusted snapshot is scored afresh from
+  the subject's records (one more read), as the reference does, because a
+  denial carries the reasons behind it (hard line 5); unlike the reference it
+  does not store that score, which for a trusted snapshot would change
+  nothing but the snapshot's ``computed_at``;
+* an untrusted snapshot goes to the reference path, which rescores the
+  subject and stores the result in a transaction of its own.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from sqlalchemy import Engine
 
-from chengxin.domain.decisions import Decision, decide, outcome
+from chengxin.domain.decisions import Decision, decide
 from chengxin.domain.identifiers import SubjectId
-from chengxin.domain.policy import Policy
-from chengxin.domain.scoring import score
+from chengxin.domain.policy import Measure, Policy
+from chengxin.domain.scoring import RecordFact, score
 from chengxin.service.clock import Clock
 from chengxin.service.errors import NotFound, NotRegistered
 from chengxin.service.policies import active_policy
@@ -29,30 +43,64 @@ from chengxin.service.subjects import check as reference_check
 from chengxin.store.db import transaction
 
 _SQL = """
-SELECT s.id, sn.score, sn.grade, sn.as_of, sn.next_change, sn.stale, sn.policy_hash,
+SELECT (SELECT max(a.id) FROM activations a), s.id, sn.grade, sn.as_of, sn.next_change,
+       sn.stale, sn.policy_hash,
        (SELECT {agg} FROM memberships m WHERE m.subject_id = s.id AND m.left_at IS NULL),
-       (SELECT max(a.id) FROM activations a),
-       {consent}
-FROM subjects s LEFT JOIN snapshots sn ON sn.subject_id = s.id
-WHERE s.scheme = {p} AND s.value = {p}
+       (SELECT count(*) FROM consents c
+         WHERE c.subject_id = s.id AND c.measure = {p} AND c.revoked_at IS NULL)
+FROM (SELECT 1 AS one) AS one
+LEFT JOIN subjects s ON s.scheme = {p} AND s.value = {p}
+LEFT JOIN snapshots sn ON sn.subject_id = s.id
 """
-_CONSENT = (
-    "(SELECT count(*) FROM consents c WHERE c.subject_id = s.id AND c.measure = {p} "
-    "AND c.revoked_at IS NULL)"
+_FACTS_SQL = (
+    "SELECT id, type, occurred_at, attributes, status FROM records "
+    "WHERE status IN ('active', 'disputed') AND subject_id = {p} ORDER BY id"
 )
 
 
 @dataclass(frozen=True, slots=True)
-class _Cached:
+class _MeasurePlan:
+    """One measure, compiled: who may ask, what triggers it, and its ready-made answers."""
+
+    measure: Measure
+    consulted_by: frozenset[str]
+    sanction: bool
+    trigger_list: str | None
+    grades: frozenset[str]
+    consent_required: bool
+    allow: Decision
+    grant: Decision
+    unknown: Decision  # the decision for a subject chengxin holds nothing on
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The active policy on one day, compiled for checks."""
+
     activation: int
     day: date
+    day_key: Any  # ``day`` as the driver returns dates (ISO text on SQLite)
     policy: Policy
+    measures: dict[str, _MeasurePlan]
 
 
-def _as_date(value: Any) -> date | None:
-    if value is None or isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value))
+def _compile(policy: Policy, activation: int, day: date, day_key: Any) -> _Plan:
+    nothing = score(policy, (), day)
+    measures = {}
+    for m in policy.measures:
+        trig = m.triggered_by
+        measures[m.code] = _MeasurePlan(
+            measure=m,
+            consulted_by=frozenset(m.consulted_by),
+            sanction=m.kind == "sanction",
+            trigger_list=trig.list,
+            grades=policy.grades_matching(trig),
+            consent_required=m.consent_required,
+            allow=Decision(m.code, "allow", (), policy.label, None),
+            grant=Decision(m.code, "grant", (), policy.label, None),
+            unknown=decide(policy, m.code, nothing),
+        )
+    return _Plan(activation, day, day_key, policy, measures)
 
 
 class Checker:
@@ -61,80 +109,90 @@ class Checker:
     def __init__(self, engine: Engine, *, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
-        self._raw = engine.raw_connection()
-        dialect = engine.dialect.name
-        p = "?" if dialect == "sqlite" else "%s"
-        agg = (
-            "group_concat(m.list_code, ',')"
-            if dialect == "sqlite"
-            else ("string_agg(m.list_code, ',')")
-        )
-        self._sql = _SQL.format(agg=agg, p=p, consent=_CONSENT.format(p=p))
-        self._cache: _Cached | None = None
-        self._autocommit = dialect == "sqlite"
+        self._pooled = engine.raw_connection()
+        self._conn: Any = self._pooled.dbapi_connection
+        self._sqlite = engine.dialect.name == "sqlite"
+        p = "?" if self._sqlite else "%s"
+        agg = "group_concat(m.list_code, ',')" if self._sqlite else "string_agg(m.list_code, ',')"
+        self._sql = _SQL.format(agg=agg, p=p)
+        self._facts_sql = _FACTS_SQL.format(p=p)
+        self._plan: _Plan | None = None
 
     def close(self) -> None:
         """Release the held connection."""
-        self._raw.close()
+        self._pooled.close()
 
-    def _policy(self, activation: int | None, today: date) -> Policy:
-        cached = self._cache
-        if cached is not None and cached.activation == (activation or 0) and cached.day == today:
-            return cached.policy
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        # fetchall, not fetchone: a statement stepped to its end ends SQLite's read
+        # transaction at once; PostgreSQL's is ended by the rollback.
+        rows: list[Any] = self._conn.execute(sql, params).fetchall()
+        if not self._sqlite:
+            self._conn.rollback()
+        return rows
+
+    def _compiled(self, activation: int | None, today: date) -> _Plan:
+        plan = self._plan
+        if plan is not None and plan.activation == (activation or 0) and plan.day == today:
+            return plan
         with transaction(self._engine) as session:
             policy = active_policy(session, on=today).policy
-        self._cache = _Cached(activation or 0, today, policy)
-        return policy
-
-    def _row(self, subject: SubjectId, measure: str) -> Any:
-        cur = self._raw.cursor()
-        try:
-            cur.execute(self._sql, (measure, subject.scheme, subject.value))
-            row = cur.fetchone()
-        finally:
-            cur.close()
-        if not self._autocommit:
-            self._raw.rollback()  # end the read transaction on PostgreSQL
-        return row
+        key = today.isoformat() if self._sqlite else today
+        plan = self._plan = _compile(policy, activation or 0, today, key)
+        return plan
 
     def check(self, subject: SubjectId, measure: str, service: str) -> Decision:
         """The decision for one measure, exactly as the reference path gives it."""
         today = self._clock.today()
-        row = self._row(subject, measure)
-        known = self._cache.activation if self._cache is not None else None
-        policy = self._policy(row[8] if row is not None else known, today)
-        m = policy.measures_by_code.get(measure)
-        if m is None:
-            raise NotFound(f"policy {policy.label} has no measure {measure!r}")
-        if service not in m.consulted_by:
+        (act, sid, grade, as_of, next_change, stale, policy_hash, lists, consents) = self._rows(
+            self._sql, (measure, subject.scheme, subject.value)
+        )[0]
+        plan = self._plan
+        if plan is None or plan.activation != (act or 0) or plan.day != today:
+            plan = self._compiled(act, today)
+        mp = plan.measures.get(measure)
+        if mp is None:
+            raise NotFound(f"policy {plan.policy.label} has no measure {measure!r}")
+        if service not in mp.consulted_by:
             raise NotRegistered(
                 f"a {service} may not consult {measure} (registered: "
-                f"{', '.join(m.consulted_by)}); hard line 6 (least disclosure)"
+                f"{', '.join(mp.measure.consulted_by)}); hard line 6 (least disclosure)"
             )
-        if row is None:
-            # Unknown subjects are answered as subjects with no records (no leak).
-            return decide(policy, measure, score(policy, (), today))
-        _sid, snap_score, grade, as_of, next_change, stale, policy_hash, lists, _act, consents = row
-        as_of_day, next_day = _as_date(as_of), _as_date(next_change)
-        usable = (
-            snap_score is not None
-            and not stale
-            and policy_hash == policy.content_hash
-            and as_of_day is not None
-            and as_of_day <= today
-            and (next_day is None or next_day > today)
-        )
-        if not usable:
+        if sid is None:
+            return mp.unknown
+        day = plan.day_key
+        if (
+            grade is None
+            or stale
+            or policy_hash != plan.policy.content_hash
+            or as_of > day
+            or (next_change is not None and next_change <= day)
+        ):
             return self._reference(subject, measure, service)
-        trig = m.triggered_by
-        if trig.list is not None:
-            hit = lists is not None and trig.list in lists.split(",")
+        if mp.trigger_list is not None:
+            hit = lists is not None and mp.trigger_list in lists.split(",")
         else:
-            hit = grade in policy.measure_grades[measure]
-        verdict = outcome(m, hit=hit, consent=bool(consents))
-        if verdict == "deny":
-            return self._reference(subject, measure, service)  # a denial needs its reasons
-        return Decision(measure, verdict, (), policy.label, None)
+            hit = grade in mp.grades
+        if not hit:
+            return mp.allow
+        if mp.sanction:
+            return self._denial(plan, int(sid), measure)
+        return mp.grant if consents or not mp.consent_required else mp.allow
+
+    def _denial(self, plan: _Plan, subject_id: int, measure: str) -> Decision:
+        """A sanction that holds: score the subject from its records for the reasons."""
+        facts = [
+            RecordFact(
+                int(rid),
+                rtype,
+                occurred if isinstance(occurred, date) else date.fromisoformat(occurred),
+                json.loads(attributes) if attributes != "{}" else {},
+                status,
+            )
+            for rid, rtype, occurred, attributes, status in self._rows(
+                self._facts_sql, (subject_id,)
+            )
+        ]
+        return decide(plan.policy, measure, score(plan.policy, facts, plan.day))
 
     def _reference(self, subject: SubjectId, measure: str, service: str) -> Decision:
         with transaction(self._engine) as session:

@@ -301,7 +301,8 @@ def _check_in_worker(chunk: RawLines | Sequence[Line], today: date) -> Packed:
 
 def _unpack(packed: Packed) -> CheckedLines:
     count, blob, refused = packed
-    return CheckedLines(count, [Checked._make(r) for r in marshal.loads(blob)], refused)
+    make = Checked._make
+    return CheckedLines(count, list(map(make, marshal.loads(blob))), refused)
 
 
 class CheckerPool:

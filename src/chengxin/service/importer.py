@@ -19,6 +19,7 @@ import csv
 import io
 import itertools
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from chengxin.service.checking import (
 from chengxin.service.clock import Clock
 from chengxin.service.ingest import store_checked
 from chengxin.service.policies import active_policy
-from chengxin.service.refresh import refresh_stale
+from chengxin.service.refresh import preload_engine, refresh_stale
 from chengxin.service.rescore import RescoreSummary
 from chengxin.store import repo
 from chengxin.store.db import transaction
@@ -303,8 +304,15 @@ def import_file(
                     workers=workers,
                 ) as pool,
             ):
-                for batch in pool.map(every):
-                    store(batch)
+                # A large file ends in a large refresh: import its engine while this
+                # process mostly waits for the workers' first chunks (after they forked).
+                warm = threading.Thread(target=preload_engine, name="preload-engine")
+                warm.start()
+                try:
+                    for batch in pool.map(every):
+                        store(batch)
+                finally:
+                    warm.join()
         else:
             with gc_paused():
                 for chunk in every:

@@ -180,26 +180,32 @@ def store_checked(
     stored = _stored_hashes(bulk, {(c.provider, c.ref) for c in checked})
     targets = _targets(bulk, {(c.provider, c.target) for c in checked if c.target is not None})
     known = known_subjects or {}
-    named = {k for c in checked if (k := c.subject_key) is not None}
+    # Each line's subject key, once (None for a retraction); a line is (checked, key).
+    keyed = [
+        (c, None if c.scheme is None or c.value is None else (c.scheme, c.value)) for c in checked
+    ]
+    named = {k for _, k in keyed if k is not None}
     subject_map = {k: known[k] for k in named if k in known}
     subject_map.update(repo.subject_ids_bulk(bulk, [k for k in named if k not in known]))
     # Subjects are created only for accepted lines: a refused line stores nothing.
     new_subjects: dict[tuple[str, str], Checked] = {}  # the first line naming each
 
-    accepted: list[Checked] = []
+    accepted: list[tuple[Checked, tuple[str, str] | None]] = []
     pending: dict[tuple[str, str], str] = {}
     pending_records: set[tuple[str, str]] = set()  # accepted lines that create a record
     pending_targets: set[tuple[str, str]] = set()
-    for c in checked:
+    duplicates = 0
+    for item in keyed:
+        c, skey = item
         key = (c.provider, c.ref)
-        if key in stored or key in pending:
-            old_hash = stored[key][0] if key in stored else pending[key]
+        old_hash = stored[key][0] if key in stored else pending.get(key)
+        if old_hash is not None:
             if old_hash == c.payload_hash:
                 if line_results:
                     seq = stored[key][1] if key in stored else None
                     report.results.append(LineResult(c.line, "duplicate", c.ref, seq))
                 else:
-                    report.uncounted["duplicate"] = report.uncounted.get("duplicate", 0) + 1
+                    duplicates += 1
             else:
                 report.results.append(
                     _reject(
@@ -211,10 +217,10 @@ def store_checked(
                     )
                 )
             continue
-        skey = c.subject_key
         if skey is not None:
-            if skey in subject_map:
-                stored_kind: str | None = subject_map[skey][1]
+            found = subject_map.get(skey)
+            if found is not None:
+                stored_kind: str | None = found[1]
             elif skey in new_subjects:  # created by an earlier line of this batch
                 stored_kind = new_subjects[skey].subject_kind
             else:
@@ -249,9 +255,11 @@ def store_checked(
         pending[key] = c.payload_hash
         if skey is not None:
             pending_records.add(key)
-            if skey not in subject_map and skey not in new_subjects:
+            if found is None and skey not in new_subjects:
                 new_subjects[skey] = c
-        accepted.append(c)
+        accepted.append(item)
+    if duplicates:
+        report.uncounted["duplicate"] = duplicates
 
     if not accepted:
         report.results.sort(key=lambda r: r.line)
@@ -279,8 +287,9 @@ def store_checked(
     status_updates: list[tuple[str, int, int]] = []
     affected: set[int] = set()
     by_key: dict[tuple[str, str], tuple[int, int]] = {}  # records of this batch: id, subject
+    add_entry, add_row, add_affected = entries.append, new_rows.append, affected.add
     seq = top.seq
-    for c in accepted:
+    for c, skey in accepted:
         seq += 1
         if line_results:
             report.results.append(LineResult(c.line, "accepted", c.ref, seq))
@@ -294,14 +303,13 @@ def store_checked(
                 target_id, target_subject = targets[tkey].id, targets[tkey].subject_id
             new_status = "retracted" if c.kind == "retraction" else "superseded"
             status_updates.append((new_status, seq, target_id))
-            affected.add(target_subject)
-        skey = c.subject_key
+            add_affected(target_subject)
         if skey is None:  # a retraction: the ledger entry names the retracted record's subject
-            entries.append((c.kind, c.provider, c.ref, target_subject, c.payload, c.payload_hash))
+            add_entry((c.kind, c.provider, c.ref, target_subject, c.payload, c.payload_hash))
             continue
         subject_id = subject_map[skey][0]
-        entries.append((c.kind, c.provider, c.ref, subject_id, c.payload, c.payload_hash))
-        new_rows.append(
+        add_entry((c.kind, c.provider, c.ref, subject_id, c.payload, c.payload_hash))
+        add_row(
             (
                 seq,
                 subject_id,
@@ -319,7 +327,7 @@ def store_checked(
             )
         )
         by_key[(c.provider, c.ref)] = (seq, subject_id)
-        affected.add(subject_id)
+        add_affected(subject_id)
     first = ledger.append_rows(bulk, entries, top=top, now=now)
     assert first == top.seq + 1
     bulk.insert("records", RECORD_COLUMNS, new_rows)

@@ -25,6 +25,7 @@ chunk to commit (and marks its subjects stale again).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,17 @@ class _EngineScore(NamedTuple):
     grade: str
     next_change: date | None
     lists: Mapping[str, Listed]
+
+
+def preload_engine() -> None:
+    """Import the batch engine now (a bulk import does it while its workers start).
+
+    The engine scores a large refresh in a forked child, which inherits what
+    this process has imported; importing Ibis and DuckDB there instead costs
+    seconds on the refresh's path. Nothing is opened: no connection, no thread.
+    """
+    with contextlib.suppress(ImportError):
+        import chengxin.engine.duckdb_backend  # noqa: F401
 
 
 def _stale_ids(bulk: Bulk, after: int, limit: int) -> list[int]:

@@ -41,6 +41,10 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
+
+
 class Bulk:
     """Plain SQL on a session's DB-API connection, inside the session's transaction.
 
@@ -320,6 +324,7 @@ def record_facts_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, list[RecordFa
         "WHERE status IN ('active', 'disputed') AND subject_id",
         ids,
     )
+    found.sort(key=_first)  # record id order on every backend: reasons list rules in it
     for rid, sid, rtype, occurred, attributes, status in found:
         attrs = json.loads(attributes) if attributes != "{}" else {}
         out[int(sid)].append(RecordFact(int(rid), rtype, day(occurred), attrs, status))  # type: ignore[arg-type]
