@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,6 +107,66 @@ def head(session: Session, *, lock: bool = False) -> Head:
     return Head(int(row.seq), str(row.entry_hash))
 
 
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An audit event before it joins the chain: its sequence number and hashes come at append."""
+
+    principal: str
+    role: str
+    action: str
+    purpose: str | None
+    subject_id: int | None
+    detail: str
+    """Canonical JSON, already checked to hold no personal data."""
+    at: datetime
+
+
+def draft(
+    *,
+    principal: Principal,
+    action: str,
+    purpose: str | None,
+    subject_id: int | None,
+    detail: Mapping[str, Any],
+    now: datetime,
+) -> EventDraft:
+    """An event ready to append (:class:`ValueError` if ``detail`` holds an identifier)."""
+    _check_detail(detail)
+    text = canonical_json(dict(detail))
+    return EventDraft(principal.name, principal.role, action, purpose, subject_id, text, now)
+
+
+def append(session: Session, drafts: Sequence[EventDraft]) -> list[int]:
+    """Append events in order in the caller's transaction (one head lock); their seq numbers."""
+    if not drafts:
+        return []
+    top = head(session, lock=True)
+    seq, prev = top.seq, top.entry_hash
+    rows: list[dict[str, Any]] = []
+    for d in drafts:
+        seq += 1
+        at, who = instant(d.at), d.principal
+        h = event_hash(seq, at, who, d.role, d.action, d.purpose, d.subject_id, d.detail, prev)
+        rows.append(
+            {
+                "seq": seq,
+                "at": d.at,
+                "principal": d.principal,
+                "role": d.role,
+                "action": d.action,
+                "purpose": d.purpose,
+                "subject_id": d.subject_id,
+                "detail": d.detail,
+                "prev_hash": prev,
+                "entry_hash": h,
+            }
+        )
+        prev = h
+    session.execute(audit_events.insert(), rows)
+    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    return [int(r["seq"]) for r in rows]
+
+
 def record_many(
     session: Session,
     *,
@@ -120,33 +180,10 @@ def record_many(
     """Append one event per subject (same action, purpose and detail); their sequence numbers."""
     if not subject_ids:
         return []
-    _check_detail(detail)
-    text = canonical_json(dict(detail))
-    at = instant(now)
-    top = head(session, lock=True)
-    seq, prev = top.seq, top.entry_hash
-    rows: list[dict[str, Any]] = []
-    for sid in subject_ids:
-        seq += 1
-        h = event_hash(seq, at, principal.name, principal.role, action, purpose, sid, text, prev)
-        rows.append(
-            {
-                "seq": seq,
-                "at": now,
-                "principal": principal.name,
-                "role": principal.role,
-                "action": action,
-                "purpose": purpose,
-                "subject_id": sid,
-                "detail": text,
-                "prev_hash": prev,
-                "entry_hash": h,
-            }
-        )
-        prev = h
-    session.execute(audit_events.insert(), rows)
-    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
-    return [int(r["seq"]) for r in rows]
+    one = draft(
+        principal=principal, action=action, purpose=purpose, subject_id=None, detail=detail, now=now
+    )
+    return append(session, [replace(one, subject_id=sid) for sid in subject_ids])
 
 
 def record(
@@ -180,6 +217,17 @@ def subject_id_of(session: Session, subject: SubjectId) -> int | None:
     return None if found is None else int(found)
 
 
+def check_detail(principal: Principal, decision: Decision) -> dict[str, Any]:
+    """What the audit event of a decision holds: measure, outcome, reasons, policy, service kind."""
+    return {
+        "measure": decision.measure,
+        "decision": decision.outcome,
+        "reasons": list(decision.reasons),
+        "policy_version": decision.policy_version,
+        "service_kind": principal.service_kind,
+    }
+
+
 def record_check(
     session: Session,
     *,
@@ -196,13 +244,7 @@ def record_check(
         action="check",
         purpose=purpose,
         subject_id=subject_id_of(session, subject),
-        detail={
-            "measure": decision.measure,
-            "decision": decision.outcome,
-            "reasons": list(decision.reasons),
-            "policy_version": decision.policy_version,
-            "service_kind": principal.service_kind,
-        },
+        detail=check_detail(principal, decision),
         now=now,
     )
 
