@@ -258,13 +258,17 @@ def _from_key(request: Request, key: str, now: datetime) -> Principal:
     """Check a key against the database (read-only), note its use when due, cache it."""
     from chengxin.service.principals import check_key, touch_key
 
-    sessions = request.app.state.sessions
-    with read_transaction(sessions) as session:
-        grant = check_key(session, key, now=now)
-    if grant.touch_due:
-        with sessions() as session, session.begin():
-            touch_key(session, key_id=grant.key_id, now=now)
-    api_state(request).keys.put(key, grant, now=now)
+    sessions, cache = request.app.state.sessions, api_state(request).keys
+    with cache.single_flight(key):
+        cached = cache.get(key, now=now)  # another thread may have checked it meanwhile
+        if cached is not None:
+            return cached
+        with read_transaction(sessions) as session:
+            grant = check_key(session, key, now=now)
+        if grant.touch_due:
+            with sessions() as session, session.begin():
+                touch_key(session, key_id=grant.key_id, now=now)
+        cache.put(key, grant, now=now)
     return grant.principal
 
 

@@ -7,9 +7,10 @@ and every writer queues for that one head. The :class:`AuditWriter` takes
 events from any thread or request, and one writer thread per process
 appends whatever has gathered -- up to ``max_batch`` events, waiting at most
 ``wait`` for more after the first -- in one transaction: one head lock, one
-insert, one commit. Each submitter gets a future that resolves to its
-event's sequence number only after that commit, or fails with the commit's
-error; the caller answers only then.
+insert, one commit. Each submitter awaits its event's sequence number,
+which it gets only after that commit (or the commit's error); the caller
+answers only then. The writer wakes each submitting event loop once per
+batch.
 
 The chain is unchanged: events are appended in the order they were
 submitted, hash-chained after the head, which each batch locks (a row lock
@@ -17,6 +18,15 @@ on PostgreSQL, the writer lock on SQLite), so the writers of several worker
 processes interleave whole batches. Subjects are named by identifier and
 resolved to internal ids in the batch (one query), so an unknown subject is
 audited without one, as :func:`chengxin.service.audit.record_check` does.
+
+A caller may hand over a *job* instead of a finished event
+(:meth:`AuditWriter.run`): a function that runs on the writer thread just
+before the batch's transaction begins and returns a result and the event
+that records it -- a check's decision and its audit event. A check then
+costs one hand-off to a thread instead of two, and the event loop never
+waits on the database. A job that raises gets its error back and appends
+nothing. Jobs run outside the writer's transaction, so one that writes in a
+transaction of its own (a check that rescores) does not wait for it.
 
 The writer owns its transactions: it is the caller, in the sense of
 STYLE.md rule 4, for the events handed to it.
@@ -30,16 +40,16 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
 
 from chengxin.domain.identifiers import SubjectId
 from chengxin.service import audit
 from chengxin.store import repo
-from chengxin.store.db import session_factory
 
 log = logging.getLogger("chengxin.audit")
 
@@ -49,11 +59,32 @@ DEFAULT_WAIT = timedelta(0)
 """How long the writer waits for more events after the first of a batch (0: take what is there)."""
 
 
+T = TypeVar("T")
+Job = Callable[[], tuple[T, audit.EventDraft]]
+"""Work for the writer thread: a result and the audit event that records it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    draft: audit.EventDraft
+    draft: audit.EventDraft | None
+    job: Job[Any] | None
     subject: SubjectId | None
-    future: Future[int]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[tuple[Any, int]]
+
+
+_Outcome = tuple["asyncio.Future[tuple[Any, int]]", Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the submitters' event loop: hand each its result or error (unless it gave up)."""
+    for future, value, error in outcomes:
+        if future.done():  # the request was cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 _STOP = object()
@@ -69,7 +100,7 @@ class AuditWriter:
         max_batch: int = DEFAULT_MAX_BATCH,
         wait: timedelta = DEFAULT_WAIT,
     ) -> None:
-        self._sessions = session_factory(engine)
+        self._engine = engine
         self._max = max(1, max_batch)
         self._wait = max(0.0, wait.total_seconds())
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
@@ -81,13 +112,11 @@ class AuditWriter:
         self.events = 0
         """Events appended so far."""
 
-    def submit(self, draft: audit.EventDraft, *, subject: SubjectId | None = None) -> Future[int]:
-        """Queue an event; the future gives its sequence number once committed.
-
-        With ``subject``, the event's subject is that subject's internal id
-        (none if nothing is held on it), resolved in the batch.
-        """
-        future: Future[int] = Future()
+    async def _submit(
+        self, draft: audit.EventDraft | None, job: Job[Any] | None, subject: SubjectId | None
+    ) -> tuple[Any, int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, int]] = loop.create_future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the audit writer is closed")
@@ -96,12 +125,21 @@ class AuditWriter:
                     target=self._run, name="chengxin-audit-writer", daemon=True
                 )
                 self._thread.start()
-            self._queue.put(_Pending(draft, subject, future))
-        return future
+            self._queue.put(_Pending(draft, job, subject, loop, future))
+        return await future
 
     async def append(self, draft: audit.EventDraft, *, subject: SubjectId | None = None) -> int:
-        """Submit an event and wait, without blocking the event loop, until it is committed."""
-        return await asyncio.wrap_future(self.submit(draft, subject=subject))
+        """Append an event; its sequence number once committed (the event loop is not blocked).
+
+        With ``subject``, the event's subject is that subject's internal id
+        (none if nothing is held on it), resolved in the batch.
+        """
+        _, seq = await self._submit(draft, None, subject)
+        return seq
+
+    async def run(self, job: Job[T], *, subject: SubjectId | None = None) -> tuple[T, int]:
+        """Run ``job`` on the writer thread; its result once its event is committed, and the seq."""
+        return cast("tuple[T, int]", await self._submit(None, job, subject))
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop the thread."""
@@ -139,29 +177,52 @@ class AuditWriter:
                 batch.append(item)  # type: ignore[arg-type]
             self._write(batch)
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write(self, pending: list[_Pending]) -> None:
+        outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         try:
-            with self._sessions() as session, session.begin():
-                named = {(p.subject.scheme, p.subject.value) for p in batch if p.subject}
-                ids = repo.subject_ids(session, sorted(named)) if named else {}
+            self._append(pending, outcomes)
+        finally:  # one wake-up per event loop per batch
+            for loop, items in outcomes.items():
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, items)
+
+    def _append(
+        self, pending: list[_Pending], outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]]
+    ) -> None:
+        batch: list[tuple[_Pending, Any, audit.EventDraft]] = []
+        for p in pending:  # jobs first, outside the transaction
+            if p.job is None:
+                assert p.draft is not None
+                batch.append((p, None, p.draft))
+                continue
+            try:
+                result, draft = p.job()
+            except Exception as exc:  # the job's own error, for its caller alone
+                outcomes.setdefault(p.loop, []).append((p.future, None, exc))
+                continue
+            batch.append((p, result, draft))
+        if not batch:
+            return
+        try:
+            with self._engine.begin() as conn:
+                bulk = repo.Bulk(conn)
+                named = {(p.subject.scheme, p.subject.value) for p, _, _ in batch if p.subject}
+                ids = repo.subject_ids_bulk(bulk, sorted(named)) if named else {}
                 drafts = []
-                for p in batch:
-                    d = p.draft
+                for p, _, d in batch:
                     if p.subject is not None:
                         found = ids.get((p.subject.scheme, p.subject.value))
                         d = replace(d, subject_id=None if found is None else found[0])
                     drafts.append(d)
-                seqs = audit.append(session, drafts)
+                seqs = audit.append_bulk(bulk, drafts)
         except BaseException as exc:  # every submitter learns that its event was not written
             log.exception("audit batch of %d events failed", len(batch))
-            for p in batch:
-                with contextlib.suppress(InvalidStateError):
-                    p.future.set_exception(exc)
+            for p, _, _ in batch:
+                outcomes.setdefault(p.loop, []).append((p.future, None, exc))
             if not isinstance(exc, Exception):
                 raise
             return
         self.batches += 1
         self.events += len(batch)
-        for p, seq in zip(batch, seqs, strict=True):
-            with contextlib.suppress(InvalidStateError):  # the request was cancelled meanwhile
-                p.future.set_result(seq)
+        for (p, result, _), seq in zip(batch, seqs, strict=True):
+            outcomes.setdefault(p.loop, []).append((p.future, (result, seq), None))

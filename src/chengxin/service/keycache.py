@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,6 +47,7 @@ class KeyCache:
         self._size = size
         self._lock = threading.Lock()
         self._items: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._flights: dict[bytes, tuple[threading.Lock, int]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -82,12 +85,37 @@ class KeyCache:
         """Remember what ``key`` grants, as read from the database at ``now``."""
         if not self.enabled:
             return
-        entry = _Entry(grant, now + self.ttl)
+        digest, entry = self.digest(key), _Entry(grant, now + self.ttl)
         with self._lock:
-            self._items[self.digest(key)] = entry
-            self._items.move_to_end(self.digest(key))
+            self._items[digest] = entry
+            self._items.move_to_end(digest)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+    @contextmanager
+    def single_flight(self, key: str) -> Iterator[None]:
+        """Held by one thread at a time per key (when the cache is on).
+
+        Concurrent first requests of one key then check it once (argon2 costs
+        19 MiB and tens of milliseconds) and the others find it cached.
+        """
+        if not self.enabled:
+            yield
+            return
+        digest = self.digest(key)
+        with self._lock:
+            lock, users = self._flights.get(digest, (threading.Lock(), 0))
+            self._flights[digest] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._flights[digest]
+                if users == 1:
+                    del self._flights[digest]
+                else:
+                    self._flights[digest] = (lock, users - 1)
 
     def clear(self) -> None:
         """Forget every entry."""
