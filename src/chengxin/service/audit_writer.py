@@ -59,8 +59,8 @@ DEFAULT_WAIT = timedelta(0)
 """How long the writer waits for more events after the first of a batch (0: take what is there)."""
 
 
-T = TypeVar("T")
-Job = Callable[[], tuple[T, audit.EventDraft]]
+_T = TypeVar("_T")
+Job = Callable[[], tuple[_T, audit.EventDraft]]
 """Work for the writer thread: a result and the audit event that records it."""
 
 
@@ -137,9 +137,9 @@ class AuditWriter:
         _, seq = await self._submit(draft, None, subject)
         return seq
 
-    async def run(self, job: Job[T], *, subject: SubjectId | None = None) -> tuple[T, int]:
+    async def run(self, job: Job[_T], *, subject: SubjectId | None = None) -> tuple[_T, int]:
         """Run ``job`` on the writer thread; its result once its event is committed, and the seq."""
-        return cast("tuple[T, int]", await self._submit(None, job, subject))
+        return cast("tuple[_T, int]", await self._submit(None, job, subject))
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop the thread."""
