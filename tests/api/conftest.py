@@ -56,9 +56,13 @@ def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def api_settings(db_url: str) -> Settings:
-    """Settings for a test app: a fixed session secret, a generous public rate."""
-    return Settings(db=db_url, session_secret="test-secret", public_rate="1000/minute")
+def api_settings(request: pytest.FixtureRequest, db_url: str) -> Settings:
+    """Settings for a test app: a fixed session secret, a generous public rate.
+
+    Parametrize it indirectly with a dict to change other settings.
+    """
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    return Settings(db=db_url, session_secret="test-secret", public_rate="1000/minute", **overrides)
 
 
 @pytest.fixture

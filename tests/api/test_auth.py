@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -84,14 +85,17 @@ def test_a_wrong_secret_with_a_real_prefix_is_401_like_an_unknown_key(
     assert wrong.json() == unknown.json()
 
 
-def test_a_revoked_key_is_refused_at_once_though_it_was_cached(
+def test_a_revoked_key_is_refused_once_the_key_cache_entry_is_older_than_its_ttl(
     client: TestClient,
+    app: FastAPI,
     engine: Engine,
     clock: FixedClock,
     keys: dict[str, str],
     principals: dict[str, tuple[Principal, str]],
     state: State,
 ) -> None:
+    ttl = timedelta(seconds=app.state.runtime.settings.key_cache_seconds)
+    assert ttl > timedelta(0)  # the default: on
     service, key = principals["service"]
     assert client.get("/v1/policies/active", headers=bearer(key)).status_code == 200
     with transaction(engine) as session:
@@ -99,6 +103,11 @@ def test_a_revoked_key_is_refused_at_once_though_it_was_cached(
         revoke(session, name=service.name, now=clock.now(), key_prefix=key.split("_")[1])
         authenticate_key(session, second, now=clock.now())  # first use, outside the comparison
     before = state()
+    # Within the TTL the worker still trusts what it read (docs/api.md says so) ...
+    clock.advance(ttl - timedelta(microseconds=1))
+    assert client.get("/v1/policies/active", headers=bearer(key)).status_code == 200
+    # ... and not a moment longer.
+    clock.advance(timedelta(microseconds=1))
     r = client.get("/v1/policies/active", headers=bearer(key))
     assert r.status_code == 401
     assert r.json()["error"] == {
@@ -109,8 +118,41 @@ def test_a_revoked_key_is_refused_at_once_though_it_was_cached(
     assert client.get("/v1/policies/active", headers=bearer(second)).status_code == 200
     with transaction(engine) as session:
         assert revoke(session, name=service.name, now=clock.now()) == 1
+    clock.advance(ttl)
     assert client.get("/v1/policies/active", headers=bearer(second)).status_code == 401
     assert state().tables["audit_events"] == before.tables["audit_events"]
+
+
+@pytest.mark.parametrize("api_settings", [{"key_cache_seconds": 0}], indirect=True)
+def test_without_the_key_cache_a_revoked_key_is_refused_at_once(
+    client: TestClient,
+    engine: Engine,
+    clock: FixedClock,
+    principals: dict[str, tuple[Principal, str]],
+) -> None:
+    service, key = principals["service"]
+    assert client.get("/v1/policies/active", headers=bearer(key)).status_code == 200
+    with transaction(engine) as session:
+        revoke(session, name=service.name, now=clock.now(), key_prefix=key.split("_")[1])
+    r = client.get("/v1/policies/active", headers=bearer(key))
+    assert r.status_code == 401 and r.json()["error"]["reason"] == "revoked"
+
+
+def test_a_cached_key_is_refused_the_instant_it_expires(
+    client: TestClient, engine: Engine, clock: FixedClock
+) -> None:
+    with transaction(engine) as session:
+        p = add_principal(session, name="brief", role="auditor", kind="machine", now=clock.now())
+        key = issue_key(
+            session,
+            principal_id=p.id,
+            now=clock.now(),
+            expires_at=clock.now() + timedelta(seconds=2),
+        )
+    assert client.get("/v1/audit/verify", headers=bearer(key)).status_code == 200
+    clock.advance(timedelta(seconds=2))  # inside the cache's TTL, at the key's expiry
+    r = client.get("/v1/audit/verify", headers=bearer(key))
+    assert r.status_code == 401 and r.json()["error"]["reason"] == "expired"
 
 
 def test_expired_keys_and_principals_are_refused(

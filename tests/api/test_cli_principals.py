@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import pytest
 import typer
 import typer.main
 from click.testing import Result
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, event
 from typer.testing import CliRunner
 
 from chengxin.cli_principals import register
+from chengxin.service.clock import FixedClock
 
 pytestmark = pytest.mark.usefixtures("backend")
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +54,9 @@ def cxj(*args: object, code: int = 0, stdin: str | None = None) -> Any:
 
 
 def test_add_prints_the_key_once_and_it_works_then_revoke_stops_it(
-    db_url: str, policy: Any, client: TestClient
+    db_url: str, policy: Any, client: TestClient, app: FastAPI, clock: FixedClock
 ) -> None:
+    ttl = timedelta(seconds=app.state.runtime.settings.key_cache_seconds)
     added = cxj(
         "add",
         "China Eastern booking",
@@ -82,9 +86,11 @@ def test_add_prints_the_key_once_and_it_works_then_revoke_stops_it(
     assert row["expires_at"].startswith("2099-01-01")
     second = cxj("key", "China Eastern booking", "--db", db_url)["key"]
     cxj("revoke", "China Eastern booking", "--key", key.split("_")[1], "--db", db_url)
+    clock.advance(ttl)  # the workers' key caches forget it (docs/api.md)
     assert client.get("/v1/session", headers=headers).status_code == 401
     assert client.get("/v1/session", headers={"Authorization": f"Bearer {second}"}).is_success
     assert cxj("revoke", "China Eastern booking", "--db", db_url)["keys_revoked"] == 1
+    clock.advance(ttl)
     assert (
         client.get("/v1/session", headers={"Authorization": f"Bearer {second}"}).status_code == 401
     )

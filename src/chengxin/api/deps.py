@@ -7,10 +7,13 @@ valid credentials); ``require(*roles)`` lets only those roles through
 (403 ``forbidden``, or 404 for the roles the route must not reveal anything
 to). Everything is denied unless a role allows it.
 
-Authentication reads its own short transaction, not the request's: the
-check path asks the fast checker (its own connection) before it writes the
-audit event, and on SQLite a request transaction held open would make the
-checker wait for the writer lock.
+Authentication reads its own short read-only transaction, not the
+request's (on SQLite a request transaction held open would make the fast
+checker wait for the writer lock), and only on a miss of the key cache
+(:mod:`chengxin.service.keycache`): a key checked in the last
+``key_cache_seconds`` is answered from memory, on the event loop. The
+dependencies here are ``async`` so that a request hands work to the thread
+pool only where it blocks.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -36,12 +40,16 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from chengxin.api.errors import ApiError, error_body
+from chengxin.service.audit_writer import AuditWriter
 from chengxin.service.checker import Checker
 from chengxin.service.clock import Clock
 from chengxin.service.errors import ServiceError
+from chengxin.service.keycache import KeyCache
 from chengxin.service.principals import Principal, Role
+from chengxin.store.db import read_transaction
 
 COOKIE_NAME = "chengxin_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -119,13 +127,15 @@ class CheckerPool:
 
 @dataclass
 class ApiState:
-    """What the routers share: the session signer's secret, rate limiters, checkers."""
+    """What the routers share: the session signer's secret, rate limiters, checkers, caches."""
 
     session_secret: str
     limiter: MovingWindowRateLimiter
     public_rate: RateLimitItem
     login_rate: RateLimitItem
     checkers: CheckerPool
+    keys: KeyCache
+    audit: AuditWriter
 
 
 def install(app: FastAPI) -> APIRouter:
@@ -140,6 +150,12 @@ def install(app: FastAPI) -> APIRouter:
         public_rate=parse(settings.public_rate),
         login_rate=parse(LOGIN_RATE),
         checkers=CheckerPool(runtime.engine, runtime.clock, CHECKERS_PER_APP),
+        keys=KeyCache(timedelta(seconds=settings.key_cache_seconds)),
+        audit=AuditWriter(
+            runtime.engine,
+            max_batch=settings.audit_batch_max,
+            wait=timedelta(milliseconds=settings.audit_batch_wait_ms),
+        ),
     )
 
     async def handle(_: Request, exc: Exception) -> Response:
@@ -153,6 +169,7 @@ def install(app: FastAPI) -> APIRouter:
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
+        app.state.api.audit.close()
         app.state.api.checkers.close()
 
     return APIRouter(lifespan=lifespan)
@@ -200,7 +217,7 @@ def get_session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_clock(request: Request) -> Clock:
+async def get_clock(request: Request) -> Clock:
     """The app's clock (a fixed one in tests)."""
     clock: Clock = request.app.state.runtime.clock
     return clock
@@ -237,34 +254,57 @@ def _unauthenticated(message: str, reason: str = "missing") -> HeaderedError:
     )
 
 
-def current_principal(
+def _from_key(request: Request, key: str, now: datetime) -> Principal:
+    """Check a key against the database (read-only), note its use when due, cache it."""
+    from chengxin.service.principals import check_key, touch_key
+
+    sessions, cache = request.app.state.sessions, api_state(request).keys
+    with cache.single_flight(key):
+        cached = cache.get(key, now=now)  # another thread may have checked it meanwhile
+        if cached is not None:
+            return cached
+        with read_transaction(sessions) as session:
+            grant = check_key(session, key, now=now)
+        if grant.touch_due:
+            with sessions() as session, session.begin():
+                touch_key(session, key_id=grant.key_id, now=now)
+        cache.put(key, grant, now=now)
+    return grant.principal
+
+
+def _from_cookie(request: Request, cookie: str, now: datetime) -> Principal:
+    """The person of a session cookie, read from the database (read-only)."""
+    from chengxin.api import auth
+
+    with read_transaction(request.app.state.sessions) as session:
+        return auth.principal_from_cookie(
+            session, request, cookie, secret=api_state(request).session_secret, now=now
+        )
+
+
+async def current_principal(
     request: Request,
     clock: Now,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     cookie: Annotated[str | None, Depends(cookie_scheme)],
 ) -> Principal:
     """The authenticated caller: an API key, or a session cookie (+ CSRF token when unsafe)."""
-    from chengxin.api import auth
     from chengxin.service.principals import Unauthenticated
 
     header = request.headers.get("authorization")
     if header is None and cookie is None:
         raise _unauthenticated("credentials are required: an API key or a session cookie")
+    now = clock.now()
     try:
-        with request.app.state.sessions() as session, session.begin():
-            if header is not None:
-                if bearer is None:
-                    raise Unauthenticated("use `Authorization: Bearer <API key>`")
-                principal = auth.principal_from_key(session, bearer.credentials, now=clock.now())
-            else:
-                assert cookie is not None
-                principal = auth.principal_from_cookie(
-                    session,
-                    request,
-                    cookie,
-                    secret=api_state(request).session_secret,
-                    now=clock.now(),
-                )
+        if header is not None:
+            if bearer is None:
+                raise Unauthenticated("use `Authorization: Bearer <API key>`")
+            principal = api_state(request).keys.get(bearer.credentials, now=now)
+            if principal is None:
+                principal = await run_in_threadpool(_from_key, request, bearer.credentials, now)
+        else:
+            assert cookie is not None
+            principal = await run_in_threadpool(_from_cookie, request, cookie, now)
     except Unauthenticated as exc:
         raise _unauthenticated(str(exc), exc.reason) from None
     request.state.principal = principal  # for the access log (api/middleware.py)

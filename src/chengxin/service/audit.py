@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from chengxin.domain.decisions import Decision
@@ -84,11 +85,6 @@ def _check_detail(value: Any, where: str = "detail") -> None:
 # Built once: a check appends an event on every call.
 _HEAD = select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1)
 _HEAD_LOCKED = _HEAD.with_for_update()
-_MOVE_HEAD = (
-    update(audit_head)
-    .where(audit_head.c.id == 1)
-    .values(seq=bindparam("new_seq"), entry_hash=bindparam("new_hash"))
-)
 _SUBJECT_ID = select(subjects.c.id).where(
     subjects.c.scheme == bindparam("scheme"), subjects.c.value == bindparam("value")
 )
@@ -107,6 +103,89 @@ def head(session: Session, *, lock: bool = False) -> Head:
     return Head(int(row.seq), str(row.entry_hash))
 
 
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An audit event before it joins the chain: its sequence number and hashes come at append."""
+
+    principal: str
+    role: str
+    action: str
+    purpose: str | None
+    subject_id: int | None
+    detail: str
+    """Canonical JSON, already checked to hold no personal data."""
+    at: datetime
+
+
+def draft(
+    *,
+    principal: Principal,
+    action: str,
+    purpose: str | None,
+    subject_id: int | None,
+    detail: Mapping[str, Any],
+    now: datetime,
+) -> EventDraft:
+    """An event ready to append (:class:`ValueError` if ``detail`` holds an identifier)."""
+    _check_detail(detail)
+    text = canonical_json(dict(detail))
+    return EventDraft(principal.name, principal.role, action, purpose, subject_id, text, now)
+
+
+_COLUMNS = (
+    "seq",
+    "at",
+    "principal",
+    "role",
+    "action",
+    "purpose",
+    "subject_id",
+    "detail",
+    "prev_hash",
+    "entry_hash",
+)
+_ROW = "(" + ",".join("?" * len(_COLUMNS)) + ")"
+_INSERT = f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) VALUES "
+_PER_INSERT = 1000  # rows per INSERT: 10,000 parameters, under both databases' bounds
+
+
+def append(session: Session, drafts: Sequence[EventDraft]) -> list[int]:
+    """Append events in order in the caller's transaction (one head lock); their seq numbers."""
+    return append_bulk(repo.Bulk(session), drafts)
+
+
+def append_bulk(bulk: repo.Bulk, drafts: Sequence[EventDraft]) -> list[int]:
+    """:func:`append` in plain SQL on a :class:`~chengxin.store.repo.Bulk` of the transaction.
+
+    The head row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's
+    writer lock is held from ``BEGIN IMMEDIATE``), so appends are serialised.
+    """
+    if not drafts:
+        return []
+    lock = "" if bulk.sqlite else " FOR UPDATE"
+    found = bulk.rows("SELECT seq, entry_hash FROM audit_head WHERE id = 1" + lock)
+    if not found:  # the first event ever
+        bulk.execute(
+            "INSERT INTO audit_head (id, seq, entry_hash) VALUES (1, 0, ?) ON CONFLICT DO NOTHING",
+            [GENESIS],
+        )
+        found = bulk.rows("SELECT seq, entry_hash FROM audit_head WHERE id = 1" + lock)
+    top_seq, prev = int(found[0][0]), str(found[0][1])
+    seq = top_seq
+    rows: list[tuple[Any, ...]] = []
+    for d in drafts:
+        seq += 1
+        at, who = instant(d.at), d.principal
+        h = event_hash(seq, at, who, d.role, d.action, d.purpose, d.subject_id, d.detail, prev)
+        stamp = bulk.stamp(d.at)
+        rows.append((seq, stamp, who, d.role, d.action, d.purpose, d.subject_id, d.detail, prev, h))
+        prev = h
+    for part in repo.chunks(rows, _PER_INSERT):
+        bulk.execute(_INSERT + ",".join([_ROW] * len(part)), list(chain.from_iterable(part)))
+    bulk.execute("UPDATE audit_head SET seq = ?, entry_hash = ? WHERE id = 1", [seq, prev])
+    return list(range(top_seq + 1, seq + 1))
+
+
 def record_many(
     session: Session,
     *,
@@ -120,33 +199,10 @@ def record_many(
     """Append one event per subject (same action, purpose and detail); their sequence numbers."""
     if not subject_ids:
         return []
-    _check_detail(detail)
-    text = canonical_json(dict(detail))
-    at = instant(now)
-    top = head(session, lock=True)
-    seq, prev = top.seq, top.entry_hash
-    rows: list[dict[str, Any]] = []
-    for sid in subject_ids:
-        seq += 1
-        h = event_hash(seq, at, principal.name, principal.role, action, purpose, sid, text, prev)
-        rows.append(
-            {
-                "seq": seq,
-                "at": now,
-                "principal": principal.name,
-                "role": principal.role,
-                "action": action,
-                "purpose": purpose,
-                "subject_id": sid,
-                "detail": text,
-                "prev_hash": prev,
-                "entry_hash": h,
-            }
-        )
-        prev = h
-    session.execute(audit_events.insert(), rows)
-    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
-    return [int(r["seq"]) for r in rows]
+    one = draft(
+        principal=principal, action=action, purpose=purpose, subject_id=None, detail=detail, now=now
+    )
+    return append(session, [replace(one, subject_id=sid) for sid in subject_ids])
 
 
 def record(
@@ -180,6 +236,17 @@ def subject_id_of(session: Session, subject: SubjectId) -> int | None:
     return None if found is None else int(found)
 
 
+def check_detail(principal: Principal, decision: Decision) -> dict[str, Any]:
+    """What the audit event of a decision holds: measure, outcome, reasons, policy, service kind."""
+    return {
+        "measure": decision.measure,
+        "decision": decision.outcome,
+        "reasons": list(decision.reasons),
+        "policy_version": decision.policy_version,
+        "service_kind": principal.service_kind,
+    }
+
+
 def record_check(
     session: Session,
     *,
@@ -196,13 +263,7 @@ def record_check(
         action="check",
         purpose=purpose,
         subject_id=subject_id_of(session, subject),
-        detail={
-            "measure": decision.measure,
-            "decision": decision.outcome,
-            "reasons": list(decision.reasons),
-            "policy_version": decision.policy_version,
-            "service_kind": principal.service_kind,
-        },
+        detail=check_detail(principal, decision),
         now=now,
     )
 

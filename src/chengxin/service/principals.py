@@ -18,8 +18,10 @@ store keeps the prefix (to find the row) and an argon2id hash of the whole
 key (RFC 9106; OWASP's minimum parameters, so a verification costs tens of
 milliseconds). Keys are revocable and may expire. Verified keys are cached in
 process as ``prefix -> sha256(key)``, so only the first request of a key pays
-for argon2; revocation and expiry are still read from the database on every
-call. People log in with a password (argon2id as well).
+for argon2; :func:`authenticate_key` still reads revocation and expiry from the
+database on every call (the HTTP service adds a short-lived cache in front of
+it: :mod:`chengxin.service.keycache`). People log in with a password (argon2id
+as well).
 """
 
 from __future__ import annotations
@@ -370,8 +372,20 @@ _KEY_ROW = (
 _INVALID_KEY = "the API key is not valid"
 
 
-def authenticate_key(session: Session, key: str, *, now: datetime) -> Principal:
-    """The principal an API key belongs to; :class:`Unauthenticated` if it may not be used."""
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a valid API key grants: its principal, until when, and whether to note its use."""
+
+    principal: Principal
+    expires_at: datetime | None
+    """The earlier of the key's and the principal's expiry (None: neither expires)."""
+    key_id: int
+    touch_due: bool
+    """``last_used_at`` is older than a minute: :func:`touch_key` should note this use."""
+
+
+def check_key(session: Session, key: str, *, now: datetime) -> KeyGrant:
+    """What an API key grants, reading only; :class:`Unauthenticated` if it may not be used."""
     match = KEY_PATTERN.match(key.strip())
     if match is None:
         raise Unauthenticated(_INVALID_KEY)
@@ -393,12 +407,27 @@ def authenticate_key(session: Session, key: str, *, now: datetime) -> Principal:
         lapsed = _lapsed(row.expires_at, row.revoked_at, now)
     if lapsed is not None:
         raise Unauthenticated(f"the API key is {lapsed}", lapsed)
+    ends = [t for t in (_utc(row.key_expires_at), _utc(row.expires_at)) if t is not None]
     last = _utc(row.last_used_at)
-    if last is None or now - last >= _LAST_USED_EVERY:
-        session.execute(
-            update(api_keys).where(api_keys.c.id == row.key_id).values(last_used_at=now)
-        )
-    return _principal(row)
+    return KeyGrant(
+        principal=_principal(row),
+        expires_at=min(ends) if ends else None,
+        key_id=int(row.key_id),
+        touch_due=last is None or now - last >= _LAST_USED_EVERY,
+    )
+
+
+def touch_key(session: Session, *, key_id: int, now: datetime) -> None:
+    """Note that a key was used at ``now`` (a write: callers do it at most once a minute)."""
+    session.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now))
+
+
+def authenticate_key(session: Session, key: str, *, now: datetime) -> Principal:
+    """The principal an API key belongs to; :class:`Unauthenticated` if it may not be used."""
+    grant = check_key(session, key, now=now)
+    if grant.touch_due:
+        touch_key(session, key_id=grant.key_id, now=now)
+    return grant.principal
 
 
 def verify_password(session: Session, *, name: str, password: str, now: datetime) -> Principal:

@@ -13,6 +13,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DB = "chengxin.sqlite"
+READ_ONLY = {"chengxin_read_only": True}
+"""Execution options of a transaction that only reads: on SQLite it begins DEFERRED,
+so it takes no writer lock (WAL readers never wait for the writer)."""
 
 
 class DatabaseError(RuntimeError):
@@ -57,7 +60,8 @@ def make_engine(db: str | None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get("chengxin_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -73,6 +77,17 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on error."""
     with session_factory(engine)() as session, session.begin():
         yield session
+
+
+@contextmanager
+def read_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only (no writer lock on SQLite), rolled back at the end."""
+    with sessions() as session:
+        session.connection(execution_options=READ_ONLY)
+        try:
+            yield session
+        finally:
+            session.rollback()
 
 
 def _alembic_config(engine: Engine) -> Any:

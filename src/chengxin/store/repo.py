@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Boolean, Date, DateTime, Insert, Table, select, text
+from sqlalchemy import Boolean, Connection, Date, DateTime, Insert, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -46,7 +46,7 @@ def _first(row: Sequence[Any]) -> Any:
 
 
 class Bulk:
-    """Plain SQL on a session's DB-API connection, inside the session's transaction.
+    """Plain SQL on the DB-API connection of a session (or Core connection), in its transaction.
 
     Statements are written with ``?`` placeholders (none may appear in a
     literal); on PostgreSQL they become ``%s``. ``IN`` lists are bound as a
@@ -57,8 +57,12 @@ class Bulk:
     _MAX_PARAMS: ClassVar[dict[str, int]] = {"sqlite": 32_766, "postgresql": 65_535}
     IN_CHUNK = 5_000  # keys per IN list
 
-    def __init__(self, session: Session) -> None:
-        conn = session.connection()  # begins the session's transaction if need be
+    # Per dialect: how SQLAlchemy's column types write and read values (built once).
+    _CONVERTERS: ClassVar[dict[str, tuple[Callable[[Any], Any], ...]]] = {}
+
+    def __init__(self, session: Session | Connection) -> None:
+        # A session's connection begins the session's transaction if need be.
+        conn = session.connection() if isinstance(session, Session) else session
         dialect = conn.dialect
         self.dialect: str = dialect.name
         if self.dialect not in self._MAX_PARAMS:  # pragma: no cover - SQLite and PostgreSQL only
@@ -68,19 +72,31 @@ class Bulk:
         self._error: type[Exception] = dialect.loaded_dbapi.Error
         self._dialect = dialect
         self.max_params = self._MAX_PARAMS[self.dialect]
+        converters = self._CONVERTERS.get(self.dialect)
+        if converters is None:
+            converters = self._CONVERTERS[self.dialect] = self._converters(dialect)
+        # Values as SQLAlchemy's column types write and read them.
+        self.stamp: Callable[[datetime | None], Any] = converters[0]
+        self.day: Callable[[date | None], Any] = converters[1]
+        self.read_day: Callable[[Any], date | None] = converters[2]
+        self.read_stamp: Callable[[Any], datetime | None] = converters[3]
+        self.read_bool: Callable[[Any], bool | None] = converters[4]
 
+    @staticmethod
+    def _converters(dialect: Any) -> tuple[Callable[[Any], Any], ...]:
         def bind(t: Any) -> Callable[[Any], Any]:
             return t.dialect_impl(dialect).bind_processor(dialect) or _identity
 
         def result(t: Any) -> Callable[[Any], Any]:
             return t.dialect_impl(dialect).result_processor(dialect, None) or _identity
 
-        # Values as SQLAlchemy's column types write and read them.
-        self.stamp: Callable[[datetime | None], Any] = bind(DateTime(timezone=True))
-        self.day: Callable[[date | None], Any] = bind(Date())
-        self.read_day: Callable[[Any], date | None] = result(Date())
-        self.read_stamp: Callable[[Any], datetime | None] = result(DateTime(timezone=True))
-        self.read_bool: Callable[[Any], bool | None] = result(Boolean())
+        return (
+            bind(DateTime(timezone=True)),
+            bind(Date()),
+            result(Date()),
+            result(DateTime(timezone=True)),
+            result(Boolean()),
+        )
 
     def sql(self, text: str) -> str:
         """``text`` in the driver's parameter style."""

@@ -9,7 +9,7 @@ stored response; with a different body, 409 ``idempotency_conflict``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
@@ -20,9 +20,11 @@ from chengxin.api.errors import ApiError
 from chengxin.api.metrics import observe_ingest
 from chengxin.api.permissions import PROVIDERS
 from chengxin.api.schemas import RecordBatchCreate, RecordBatchRead, RecordCreate, RecordResult
+from chengxin.domain.policy import Policy
 from chengxin.service import audit
+from chengxin.service.checking import CheckedLines, check_lines
 from chengxin.service.clock import Clock
-from chengxin.service.ingest import BatchReport, LineResult, ingest_batch
+from chengxin.service.ingest import BatchReport, LineResult, store_checked
 from chengxin.service.policies import active_policy
 from chengxin.service.principals import (
     IdempotencyConflict,
@@ -33,6 +35,7 @@ from chengxin.service.principals import (
     replay,
     request_hash,
 )
+from chengxin.store.db import read_transaction
 
 router = APIRouter(prefix="/v1", tags=["records"], route_class=GuardedRoute)
 Provider = Annotated[Principal, Depends(require(*PROVIDERS))]
@@ -45,6 +48,13 @@ IdempotencyKey = Annotated[
     ),
 ]
 _ERRORS = error_responses(400, 401, 403, 409, 413, 415, 422, 503)
+
+
+class Checking(NamedTuple):
+    """Lines checked against a policy, ready to store."""
+
+    policy: Policy
+    checked: CheckedLines
 
 
 def _result(r: LineResult) -> dict[str, Any]:
@@ -74,17 +84,24 @@ def _observe(request: Request, report: BatchReport, *, stored: bool) -> None:
         observe_ingest(request, {"rejected": len(report.results)})
 
 
-def _submit(
-    session: Session,
-    caller: Principal,
-    clock: Clock,
-    lines: Sequence[dict[str, Any]],
-) -> BatchReport:
-    policy = active_policy(session, on=clock.today()).policy
-    report = ingest_batch(
+def _check(request: Request, clock: Clock, lines: Sequence[dict[str, Any]]) -> Checking:
+    """Check the lines against the active policy before any write lock is taken.
+
+    Checking is pure computation, most of a batch's cost: doing it before the
+    request's transaction begins keeps the writer lock (SQLite's, or the
+    ledger head's row lock) for the append alone.
+    """
+    today = clock.today()
+    with read_transaction(request.app.state.sessions) as reader:
+        policy = active_policy(reader, on=today).policy
+    return Checking(policy, check_lines(list(enumerate(lines, start=1)), policy, today))
+
+
+def _submit(session: Session, caller: Principal, clock: Clock, checking: Checking) -> BatchReport:
+    report = store_checked(
         session,
-        policy=policy,
-        lines=list(enumerate(lines, start=1)),
+        policy=checking.policy,
+        batch=checking.checked,
         now=clock.now(),
         today=clock.today(),
     )
@@ -163,10 +180,11 @@ def create_record(
     """Store one interchange line: 201 accepted, 200 duplicate, 422 rejected with its reason."""
     line = body.line()
     authorize_lines(caller, [line])
+    checking = _check(request, clock, [line])
     stored, digest = _replayed(session, caller, idempotency_key, request, line)
     if stored is not None:
         return JSONResponse(stored.body, stored.status_code)
-    report = _submit(session, caller, clock, [line])
+    report = _submit(session, caller, clock, checking)
     _observe(request, report, stored=True)
     (result,) = report.results
     if result.status == "rejected":
@@ -197,12 +215,13 @@ def create_records(
         raise ApiError(422, "batch_too_large", f"a batch has at most {limit} lines")
     lines = [r.line() for r in body.records]
     authorize_lines(caller, lines)
+    checking = _check(request, clock, lines)
     stored, digest = _replayed(
         session, caller, idempotency_key, request, {"records": lines, "atomic": body.atomic}
     )
     if stored is not None:
         return JSONResponse(stored.body, stored.status_code)
-    report = _submit(session, caller, clock, lines)
+    report = _submit(session, caller, clock, checking)
     results = [_result(r) for r in report.results]
     _observe(request, report, stored=not (body.atomic and report.rejected))
     if body.atomic and report.rejected:

@@ -1,0 +1,125 @@
+"""Group commit of audit events: batched, chained, and no answer before its event is committed."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from chengxin.domain.identifiers import parse_identifier
+from chengxin.service import audit
+from chengxin.service.audit_writer import AuditWriter
+from chengxin.service.clock import FixedClock
+from chengxin.service.principals import Principal
+from chengxin.store.db import transaction
+from chengxin.store.schema import audit_events
+
+with warnings.catch_warnings():  # see conftest.py
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fastapi.testclient import TestClient
+
+Auth = Callable[[str], dict[str, str]]
+Rows = Callable[..., Any]
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+
+def event(who: Principal, clock: FixedClock, n: int) -> audit.EventDraft:
+    return audit.draft(
+        principal=who,
+        action="check",
+        purpose=f"booking {n}",
+        subject_id=None,
+        detail={"n": n},
+        now=clock.now(),
+    )
+
+
+def test_concurrent_events_are_committed_in_batches_and_the_chain_verifies(
+    engine: Engine,
+    clock: FixedClock,
+    principals: dict[str, tuple[Principal, str]],
+    rid: Callable[[int], str],
+    rows: Rows,
+) -> None:
+    service, _ = principals["service"]
+    known = parse_identifier("cn-rid", rid(1))  # the subject principal's row exists
+    unknown = parse_identifier("cn-rid", rid(777))
+    # A long wait gathers all 50 submissions; at most 20 go in one transaction.
+    writer = AuditWriter(engine, max_batch=20, wait=timedelta(seconds=5))
+
+    async def submit_all() -> list[int]:
+        return await asyncio.gather(
+            *(
+                writer.append(event(service, clock, n), subject=known if n % 2 else unknown)
+                for n in range(50)
+            )
+        )
+
+    try:
+        seqs = asyncio.run(submit_all())
+    finally:
+        writer.close()
+    assert seqs == list(range(1, 51))  # submission order is chain order
+    assert (writer.batches, writer.events) == (3, 50)
+    stored = rows(audit_events)
+    assert [e.purpose for e in stored] == [f"booking {n}" for n in range(50)]
+    assert {e.subject_id is None for e in stored[0::2]} == {True}
+    assert {e.subject_id is not None for e in stored[1::2]} == {True}
+    with transaction(engine) as session:
+        assert audit.verify_audit(session).ok
+
+
+def test_a_job_that_fails_gets_its_error_and_the_others_of_its_batch_are_written(
+    engine: Engine, clock: FixedClock, principals: dict[str, tuple[Principal, str]], rows: Rows
+) -> None:
+    service, _ = principals["service"]
+    writer = AuditWriter(engine, max_batch=3, wait=timedelta(seconds=5))
+
+    def job(n: int) -> Callable[[], tuple[str, audit.EventDraft]]:
+        def run() -> tuple[str, audit.EventDraft]:
+            if n == 1:
+                raise LookupError("no such measure")
+            return f"decision {n}", event(service, clock, n)
+
+        return run
+
+    async def submit_all() -> list[Any]:
+        return await asyncio.gather(*(writer.run(job(n)) for n in range(3)), return_exceptions=True)
+
+    try:
+        first, failed, third = asyncio.run(submit_all())
+    finally:
+        writer.close()
+    assert first == ("decision 0", 1) and third == ("decision 2", 2)
+    assert isinstance(failed, LookupError)
+    assert [e.purpose for e in rows(audit_events)] == ["booking 0", "booking 2"]
+
+
+def test_no_decision_is_given_when_its_audit_event_cannot_be_committed(
+    app: FastAPI,
+    auth: Auth,
+    rid: Callable[[int], str],
+    rows: Rows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_: Any, **__: Any) -> list[int]:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(audit, "append_bulk", broken)
+    body = {
+        "subject": {"scheme": "cn-rid", "id": rid(1)},
+        "measure": "transport.flight_booking",
+        "purpose": "booking MU5101",
+    }
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/v1/checks", json=body, headers=auth("service"))
+    assert r.status_code == 500
+    assert "decision" not in r.text
+    assert rows(audit_events) == []
