@@ -234,6 +234,16 @@ def differences(con: Any, got: Path, want: Path) -> dict[str, Any]:
     return out
 
 
+def due_to_change(con: Any, run: Path, as_of: date) -> dict[str, int]:
+    """Subjects whose score or lists change with time alone within 1, 7 and 30 days."""
+    sql = ", ".join(
+        f"count(*) FILTER (WHERE next_change <= DATE '{as_of.isoformat()}' + {d}) AS d{d}"
+        for d in (1, 7, 30)
+    )
+    row = con.raw_sql(f"SELECT {sql} FROM read_parquet('{run / 'scores.parquet'}')").fetchone()
+    return {str(d): int(n) for d, n in zip((1, 7, 30), row, strict=True)}
+
+
 # -- driver ---------------------------------------------------------------------------------
 
 
@@ -278,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             run_sql(con, as_of, runs / f"sql-{i}")
         sql_runs.append(ph)
     checks = differences(con, runs / "plan-0", runs / "sql-0")
+    changing = due_to_change(con, runs / "plan-0", as_of)
     result_size = tree_size(runs / "plan-0")
     con.disconnect()
     shutil.rmtree(runs, ignore_errors=True)
@@ -296,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "input": {"files": dataset["files"], "bytes": dataset["bytes"], "path": str(data)},
         "results": {"bytes": result_size["bytes"], **checks},
+        "subjects_changing_within_days": changing,
         "duckdb_settings": {
             "memory_limit": args.memory_limit,
             "temp_directory": str(spill),
@@ -362,6 +374,8 @@ def report(result: dict[str, Any]) -> str:
         f"{s['plan_records_per_s_per_core']:,}, SQL {s['sql_records_per_s_per_core']:,}",
         f"results agree: {result['results']['scores']['rows'][0]:,} scores, "
         f"{result['results']['memberships']['rows'][0]:,} memberships, none only in one",
+        "subjects whose score or lists change with time alone within 1 / 7 / 30 days: "
+        + " / ".join(f"{n:,}" for n in result["subjects_changing_within_days"].values()),
         f"load average {result['load_average']['start'][0]:.1f} at start, "
         f"{result['load_average']['end'][0]:.1f} at end ({result['machine']['cpus']} CPUs); "
         f"process peak RSS {result['process_peak_rss_mb']:,} MB",
