@@ -139,7 +139,7 @@ def test_rescore_engine_spark_stores_what_duckdb_would(city: City, spark: Any, d
 
     def rescore(*args: str) -> Any:
         done = CliRunner().invoke(register_all(), ["rescore", *args, "--db", db_url, "--json"])
-        assert done.exit_code == 0, (done.stdout, done.exception)
+        assert done.exit_code == 0, (args, done.stdout, done.exception)
         return json.loads(done.stdout)
 
     # The command's Spark is the running session (Spark keeps one per process).
