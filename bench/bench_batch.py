@@ -121,13 +121,48 @@ def _lognormal_int(rng: np.random.Generator, median: float, sigma: float, n: int
     return np.maximum(1, rng.lognormal(np.log(median), sigma, n)).astype(np.int64)
 
 
+def subjects_for(n_records: int) -> int:
+    """How many subjects a record set of ``n_records`` has (1.6 records each on average)."""
+    return max(1, round(n_records / 1.6))  # Poisson(1.6) records each: most have 0-3
+
+
+def draw_kinds(rng: np.random.Generator, n_subjects: int) -> np.ndarray:
+    """Each subject's kind, as an index into :data:`KINDS`."""
+    return rng.choice(len(KINDS), size=n_subjects, p=[p for _, p in KINDS])
+
+
+def subjects_table(subject_kind: np.ndarray, first_id: int = 0) -> pa.Table:
+    """Subjects ``first_id …`` with the given kinds, in the input contract."""
+    return pa.table(
+        {
+            "subject_id": pa.array(
+                np.arange(first_id, first_id + subject_kind.size, dtype=np.int64)
+            ),
+            "kind": _dictionary(subject_kind, [k for k, _ in KINDS]),
+        }
+    )
+
+
 def generate(policy: Policy, n_records: int, as_of: date, seed: int) -> tuple[pa.Table, pa.Table]:
     """Records and subjects in the input contract, drawn with numpy (no Python loop per row)."""
     rng = np.random.default_rng(seed)
-    n_subjects = max(1, round(n_records / 1.6))  # Poisson(1.6) records each: most have 0-3
+    subject_kind = draw_kinds(rng, subjects_for(n_records))
+    subject_of = rng.integers(0, subject_kind.size, size=n_records)
+    records = draw_records(policy, rng, subject_kind, subject_of, as_of)
+    return records, subjects_table(subject_kind)
+
+
+def draw_records(
+    policy: Policy,
+    rng: np.random.Generator,
+    subject_kind: np.ndarray,
+    subject_of: np.ndarray,
+    as_of: date,
+    first_id: int = 0,
+) -> pa.Table:
+    """One record for each entry of ``subject_of`` (ids from ``first_id``), the mix above."""
+    n_records = subject_of.size
     kind_names = [k for k, _ in KINDS]
-    subject_kind = rng.choice(len(KINDS), size=n_subjects, p=[p for _, p in KINDS])
-    subject_of = rng.integers(0, n_subjects, size=n_records)
     codes = [t.code for t in policy.record_types]
     type_ix = np.empty(n_records, dtype=np.int32)
     kind_of_record = subject_kind[subject_of]
@@ -170,7 +205,7 @@ def generate(policy: Policy, n_records: int, as_of: date, seed: int) -> tuple[pa
     overdue_set = where("commercial.tax_arrears")
     workers_set = where("commercial.wage_arrears")
     columns: dict[str, pa.Array] = {
-        "record_id": pa.array(np.arange(n_records, dtype=np.int64)),
+        "record_id": pa.array(np.arange(first_id, first_id + n_records, dtype=np.int64)),
         "subject_id": pa.array(subject_of.astype(np.int64)),
         "type": _dictionary(type_ix, codes),
         "occurred_at": pa.array(occurred, pa.date32()),
@@ -186,14 +221,7 @@ def generate(policy: Policy, n_records: int, as_of: date, seed: int) -> tuple[pa
         "a_hours": pa.array(hours, mask=~hours_set),
     }
     assert list(columns)[5:] == list(attribute_columns(policy))
-    records = pa.table(columns)
-    subjects = pa.table(
-        {
-            "subject_id": pa.array(np.arange(n_subjects, dtype=np.int64)),
-            "kind": _dictionary(subject_kind, kind_names),
-        }
-    )
-    return records, subjects
+    return pa.table(columns)
 
 
 # -- measuring -------------------------------------------------------------------

@@ -27,6 +27,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,18 +79,47 @@ def _cpu_seconds() -> float:
     return total
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process and its children (the Spark JVM), now."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return total
+
+
 @contextmanager
 def timed(into: dict[str, Any], name: str, records: int, cores: int) -> Iterator[None]:
-    """Wall and CPU time of a block, and throughput, stored under ``into[name]``."""
+    """Wall and CPU time, throughput, peak RSS (with the JVM) and load of a block, in ``into``."""
+    peak = [_rss_bytes()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    load_before = os.getloadavg()[0]
+    sampler.start()
     start, cpu = time.perf_counter(), _cpu_seconds()
-    yield
-    seconds = time.perf_counter() - start
-    into[name] = {
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(_cpu_seconds() - cpu, 2),
-        "records_per_s": round(records / seconds),
-        "records_per_s_per_core": round(records / seconds / cores),
-    }
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        cpu_seconds = _cpu_seconds() - cpu
+        done.set()
+        sampler.join()
+        into[name] = {
+            "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu_seconds, 2),
+            "records_per_s": round(records / seconds),
+            "records_per_s_per_core": round(records / seconds / cores),
+            "records_per_cpu_s": round(records / cpu_seconds) if cpu_seconds else None,
+            "rss_peak_mb": round(max(peak[0], _rss_bytes()) / 2**20),
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        }
 
 
 def write_export_like(policy: Policy, records: pa.Table, subjects: pa.Table, out: Path) -> None:
@@ -242,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             "spark_cold_over_duckdb": round(cold["seconds"] / duck["seconds"], 2),
             "duckdb_records_per_s_per_core": duck["records_per_s_per_core"],
             "spark_records_per_s_per_core": warm["records_per_s_per_core"],
+            "spark_over_duckdb_cpu": round(warm["cpu_seconds"] / duck["cpu_seconds"], 2),
+            "duckdb_records_per_cpu_s": duck["records_per_cpu_s"],
+            "spark_records_per_cpu_s": warm["records_per_cpu_s"],
+            "process_peak_rss_mb": max(p["rss_peak_mb"] for p in phases.values()),
         },
         "load_average": {"start": load_at_start, "end": list(os.getloadavg())},
     }
@@ -263,20 +297,26 @@ def report(result: dict[str, Any]) -> str:
         f"as of {result['as_of']}; Parquet in ({result['parquet']['files']} files, "
         f"{result['parquet']['bytes'] / 2**20:,.0f} MiB), Parquet out",
         "",
-        "| phase | wall s | CPU s (Python + JVM) | records/s | records/s per core |",
-        "|---|---:|---:|---:|---:|",
+        "| phase | wall s | CPU s (Python + JVM) | records/s | records/s per core | "
+        "records per CPU s | peak RSS MB (with JVM) | load before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, p in result["phases"].items():
         lines.append(
             f"| {name} | {p['seconds']:,.2f} | {p['cpu_seconds']:,.1f} | "
-            f"{p['records_per_s']:,} | {p['records_per_s_per_core']:,} |"
+            f"{p['records_per_s']:,} | {p['records_per_s_per_core']:,} | "
+            f"{p['records_per_cpu_s'] or 0:,} | {p['rss_peak_mb']:,} | "
+            f"{p['load_before']:.1f} → {p['load_after']:.1f} |"
         )
     lines += [
         "",
         f"Spark (warm) / DuckDB = {s['spark_over_duckdb']:.2f}; "
         f"Spark (cold) / DuckDB = {s['spark_cold_over_duckdb']:.2f}; "
         f"records/s per core: Spark {s['spark_records_per_s_per_core']:,}, "
-        f"DuckDB {s['duckdb_records_per_s_per_core']:,}",
+        f"DuckDB {s['duckdb_records_per_s_per_core']:,}; by CPU time Spark / DuckDB = "
+        f"{s['spark_over_duckdb_cpu']:.2f}, records per CPU second: Spark "
+        f"{s['spark_records_per_cpu_s']:,}, DuckDB {s['duckdb_records_per_cpu_s']:,}; "
+        f"peak RSS (Python and JVM) {s['process_peak_rss_mb']:,} MB",
         f"load average {result['load_average']['start'][0]:.1f} at start, "
         f"{result['load_average']['end'][0]:.1f} at end ({result['machine']['cpus']} CPUs)",
     ]

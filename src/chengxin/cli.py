@@ -389,7 +389,9 @@ def rescore(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today).")
     ] = None,
-    engine_name: Annotated[str, typer.Option("--engine", help="duckdb or python.")] = "duckdb",
+    engine_name: Annotated[
+        str, typer.Option("--engine", help="duckdb, python or spark.")
+    ] = "duckdb",
     db: DbOpt = DEFAULT_DB,
     as_json: JsonOpt = False,
 ) -> None:

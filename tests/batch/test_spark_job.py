@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from batch_world import City, pure_answer, table_answer
 
 import chengxin.engine.spark_job as spark_job
+from chengxin.cli import register_all
 from chengxin.engine.export import (
     ExportMismatch,
     export_parquet,
@@ -79,21 +81,23 @@ def test_the_job_refuses_an_export_that_does_not_match_before_writing(
 
 
 @SQLITE_ONLY
+@pytest.mark.parametrize("step", ["scores", "memberships"])
 def test_a_job_that_dies_half_way_leaves_nothing_to_load(
-    city: City, spark: Any, tmp_path: Path, state: Any
+    city: City, spark: Any, tmp_path: Path, state: Any, step: str
 ) -> None:
+    """Dying after the scores, or after every result file but before ``_SUCCESS.json``."""
     out = exported(city, tmp_path / "export")
     rescore_export_duckdb(verify_export(out), now=city.clock.now())  # an earlier, finished run
     assert (out / "results" / "_SUCCESS.json").exists()
 
-    def die(step: str) -> None:
-        if step == "scores":
+    def die(done: str) -> None:
+        if done == step:
             raise RuntimeError("executor lost")
 
     with pytest.raises(RuntimeError, match="executor lost"):
         spark_job.run_job(spark, out, progress=die)
     assert not (out / "results" / "_SUCCESS.json").exists()
-    assert list((out / "results" / "scores").glob("*.parquet"))  # half written
+    assert list((out / "results" / step).glob("*.parquet"))  # Spark wrote this much
     before = state()
     with pytest.raises(ResultsRefused, match="did not finish"):
         load_results(city.engine, out, clock=city.clock)
@@ -127,3 +131,23 @@ def test_spark_submit_runs_the_file_as_a_script_and_a_bad_export_exits_2(tmp_pat
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "this chengxin reads 'chengxin-export/1'" in json.loads(done.stdout)["error"]
+
+
+@SQLITE_ONLY
+def test_rescore_engine_spark_stores_what_duckdb_would(city: City, spark: Any, db_url: str) -> None:
+    """``rescore --engine spark`` stores what DuckDB would; another date is only reported."""
+
+    def rescore(*args: str) -> Any:
+        done = CliRunner().invoke(register_all(), ["rescore", *args, "--db", db_url, "--json"])
+        assert done.exit_code == 0, (args, done.stdout, done.exception)
+        return json.loads(done.stdout)
+
+    # The command's Spark is the running session (Spark keeps one per process).
+    stored = rescore("--engine", "spark")
+    assert (stored["engine"], stored["stored"]) == ("spark", True) and stored["subjects"] > 0
+    after = rescore("--engine", "duckdb")
+    assert (after["grade_changes"], after["entered"], after["left"]) == (0, 0, 0)
+    past = {e: rescore("--engine", e, "--as-of", "2025-02-28") for e in ("spark", "duckdb")}
+    assert not past["spark"]["stored"]
+    for key in ("policy", "subjects", "grades", "lists"):
+        assert past["spark"][key] == past["duckdb"][key]

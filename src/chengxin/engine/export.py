@@ -407,16 +407,63 @@ class Manifest:
 # -- reading the store ------------------------------------------------------------------------
 
 
+class _SqliteRows:
+    """Python's own ``sqlite3`` with the two ADBC cursor methods :class:`StoreSnapshot` uses.
+
+    Not ADBC's SQLite driver: it links a second copy of the SQLite library,
+    and two copies in one process do not see each other's POSIX locks. When
+    the ADBC connection closed, its copy took itself for the file's last
+    user, checkpointed and removed the WAL and shared-memory files under the
+    process's other connections, whose next write failed with "disk I/O
+    error". SQLite stores are small; rows are turned into Arrow batches here.
+    """
+
+    def __init__(self, path: str) -> None:
+        import sqlite3
+
+        # isolation_level=None: no implicit transactions; StoreSnapshot begins its own.
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._cur = self._conn.cursor()
+        self._open = True
+
+    def cursor(self) -> _SqliteRows:
+        """This object: one cursor a connection is all a snapshot needs."""
+        return self
+
+    def execute(self, sql: str) -> None:
+        """Run one statement."""
+        self._cur.execute(sql)
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+        return self._cur.fetchone()
+
+    def fetch_record_batch(self) -> Iterator[pa.RecordBatch]:
+        """The remaining rows as Arrow batches of :data:`_READ_BATCH` rows."""
+        names = [d[0] for d in self._cur.description]
+        while rows := self._cur.fetchmany(_READ_BATCH):
+            columns = [pa.array(column) for column in zip(*rows, strict=True)]
+            yield pa.RecordBatch.from_arrays(columns, names=names)
+
+    def close(self) -> None:
+        """Close the cursor and the connection (a second call does nothing)."""
+        if self._open:
+            self._open = False
+            self._cur.close()
+            self._conn.close()
+
+
 def _adbc_connect(engine: Engine) -> tuple[Any, str]:
-    """An ADBC connection in autocommit mode (transactions are begun by hand), and its dialect."""
+    """A connection in autocommit mode (transactions are begun by hand), and its dialect.
+
+    ADBC for PostgreSQL; Python's ``sqlite3`` for SQLite (see :class:`_SqliteRows`).
+    """
     url = engine.url
     dialect = url.get_backend_name()
     if dialect == "sqlite":
-        import adbc_driver_sqlite.dbapi as sqlite_adbc
-
         if not url.database or url.database == ":memory:":
             raise ExportError("an in-memory SQLite database cannot be read from another connection")
-        return sqlite_adbc.connect(url.database, autocommit=True), dialect
+        return _SqliteRows(url.database), dialect
     if dialect == "postgresql":
         import adbc_driver_postgresql.dbapi as pg_adbc  # type: ignore[import-untyped]
 
@@ -481,7 +528,7 @@ class StoreSnapshot:
 
 @contextmanager
 def store_snapshot(engine: Engine) -> Iterator[StoreSnapshot]:
-    """A read-only, consistent view of the store (ADBC, Arrow out) while the block runs.
+    """A read-only, consistent view of the store (Arrow out) while the block runs.
 
     SQLite: one deferred read transaction (in WAL mode it keeps its snapshot
     while writers commit). PostgreSQL: REPEATABLE READ, READ ONLY. The head is

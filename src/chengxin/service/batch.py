@@ -6,6 +6,9 @@
   scorer (``python``); results go through the real-time path's diffing, so
   notifications go out only for what changed, and a run that dies half way
   leaves the rest stale (readers rescore stale subjects before answering).
+  With ``spark``, everyone is exported, scored by the Spark job on a local
+  session and loaded back as ``load-results`` does
+  (:func:`chengxin.service.load_results.rescore_spark`): all or nothing.
 * As of another date (time travel), nothing is written: everyone is scored
   under the policy in force on that date and the grade and list counts are
   reported.
@@ -30,7 +33,8 @@ from chengxin.store import repo
 from chengxin.store.db import transaction
 from chengxin.store.schema import subjects
 
-ENGINES = ("duckdb", "python")
+ENGINES = ("duckdb", "python", "spark")
+"""The engines ``rescore_all`` takes (``spark`` needs the spark extra and Java 17)."""
 
 
 def _all_ids(engine: Engine) -> list[int]:
@@ -96,6 +100,30 @@ def _report_duckdb(engine: Engine, day: date) -> tuple[Any, Counter[str], Counte
     return policy, grades, lists
 
 
+def _report_spark(
+    engine: Engine, day: date, clock: Clock
+) -> tuple[Any, Counter[str], Counter[str]]:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from chengxin.engine.export import export_parquet
+    from chengxin.engine.spark_backend import local_session
+    from chengxin.engine.spark_job import run_job
+
+    with transaction(engine) as session:
+        policy = active_policy(session, on=day).policy
+    base = Path(tempfile.mkdtemp(prefix="chengxin-spark-"))
+    try:
+        export_parquet(engine, base / "export", policy=policy, as_of=day, now=clock.now())
+        done = run_job(local_session(), base / "export", as_of=day, now=clock.now)
+        scores, memberships = done.tables()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    grades = Counter(scores.column("grade").to_pylist())
+    return policy, grades, Counter(memberships.column("list_code").to_pylist())
+
+
 def rescore_all(
     engine: Engine,
     *,
@@ -113,6 +141,8 @@ def rescore_all(
     if day != today:
         if engine_name == "duckdb":
             policy, grades, lists = _report_duckdb(engine, day)
+        elif engine_name == "spark":
+            policy, grades, lists = _report_spark(engine, day, clock)
         else:
             policy, grades, lists = _report_pure(engine, day, chunk)
         return {
@@ -128,6 +158,10 @@ def rescore_all(
             "left": 0,
             "seconds": time.perf_counter() - started,
         }
+    if engine_name == "spark":
+        from chengxin.service.load_results import rescore_spark
+
+        return {"stored": True, **rescore_spark(engine, clock=clock, as_of=day)}
     ids = _all_ids(engine)
     with transaction(engine) as session:
         policy = active_policy(session, on=day).policy
