@@ -61,7 +61,7 @@ from sqlalchemy import func, select
 from chengxin.domain.identifiers import make_rid
 from chengxin.service.clock import SystemClock
 from chengxin.service.importer import import_file
-from chengxin.service.policies import activate, active_policy, add_policy, read_policy_source
+from chengxin.service.policies import active_policy, install_policy, read_policy_source
 from chengxin.service.principals import add_principal, issue_key
 from chengxin.store.db import make_engine, migrate, transaction
 from chengxin.store.schema import subjects
@@ -94,14 +94,13 @@ def build(db: str, people: int) -> None:
     migrate(engine)
     with transaction(engine) as session:
         text, source = read_policy_source("national")
-        stored = add_policy(session, text=text, source=source, now=clock.now())
-        activate(
+        install_policy(
             session,
-            policy_id=stored.id,
+            text=text,
+            source=source,
             actor="bench",
             reason="bench",
             now=clock.now(),
-            effective_from=date(1970, 1, 1),
         )
     feed = RESULTS / f"api-city-{people}.jsonl"
     end = clock.today() - timedelta(days=1)

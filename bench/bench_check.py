@@ -31,7 +31,7 @@ from chengxin.domain.identifiers import SubjectId, make_rid
 from chengxin.service.checker import Checker
 from chengxin.service.clock import FixedClock
 from chengxin.service.importer import import_file
-from chengxin.service.policies import activate, add_policy, read_policy_source
+from chengxin.service.policies import install_policy, read_policy_source
 from chengxin.service.subjects import check as reference_check
 from chengxin.store.db import make_engine, migrate, transaction
 from chengxin.store.schema import subjects
@@ -61,14 +61,13 @@ def build(path: Path, people: int) -> None:
     migrate(engine)
     with transaction(engine) as session:
         text, source = read_policy_source("national")
-        stored = add_policy(session, text=text, source=source, now=clock.now())
-        activate(
+        install_policy(
             session,
-            policy_id=stored.id,
+            text=text,
+            source=source,
             actor="bench",
             reason="bench",
             now=clock.now(),
-            effective_from=date(1970, 1, 1),
         )
     feed = path.with_suffix(".feed.jsonl")
     write_feed(CityConfig(people=people, seed=11, end=date(2026, 11, 1)), feed, "jsonl")

@@ -49,9 +49,8 @@ from chengxin.service.clock import FixedClock  # noqa: E402
 from chengxin.service.importer import import_file  # noqa: E402
 from chengxin.service.ingest import ingest_batch  # noqa: E402
 from chengxin.service.policies import (  # noqa: E402
-    activate,
     active_policy,
-    add_policy,
+    install_policy,
     read_policy_source,
 )
 from chengxin.store.db import make_engine, migrate, transaction  # noqa: E402
@@ -134,14 +133,13 @@ def fresh_db(path: Path, clock: FixedClock) -> Any:
     migrate(engine)
     text, source = read_policy_source("national")
     with transaction(engine) as session:
-        stored = add_policy(session, text=text, source=source, now=clock.now())
-        activate(
+        install_policy(
             session,
-            policy_id=stored.id,
+            text=text,
+            source=source,
             actor="bench",
             reason="import benchmark",
             now=clock.now(),
-            effective_from=date(1970, 1, 1),
         )
     return engine
 

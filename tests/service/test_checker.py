@@ -145,7 +145,7 @@ def test_the_checker_decides_as_the_reference(
 def test_the_checker_sees_a_new_activation_on_an_unknown_subject(
     engine: Engine, policy: Policy, clock: FixedClock
 ) -> None:
-    from chengxin.service.policies import activate, add_policy, read_policy_source
+    from chengxin.service.policies import install_policy, read_policy_source
 
     checker = Checker(engine, clock=clock)
     try:
@@ -154,14 +154,13 @@ def test_the_checker_sees_a_new_activation_on_an_unknown_subject(
         assert first.policy_version == policy.label
         text, source = read_policy_source("city-points")
         with transaction(engine) as session:
-            stored = add_policy(session, text=text, source=source, now=clock.now())
-            activate(
+            install_policy(
                 session,
-                policy_id=stored.id,
+                text=text,
+                source=source,
                 actor="tests",
                 reason="switch",
                 now=clock.now(),
-                effective_from=date(1970, 1, 1),
             )
         with pytest.raises(NotFound):
             checker.check(nobody, "transport.flight_booking", "airline")

@@ -22,7 +22,7 @@ from chengxin.domain.records import RecordRejected
 from chengxin.service.checking import RawLines, check_chunk, check_lines, parse_jsonl_line
 from chengxin.service.clock import FixedClock
 from chengxin.service.importer import import_file
-from chengxin.service.policies import activate, add_policy, read_policy_source
+from chengxin.service.policies import install_policy, read_policy_source
 from chengxin.store import ledger
 from chengxin.store.db import make_engine, transaction
 from chengxin.store.schema import ledger as ledger_table
@@ -131,14 +131,13 @@ def test_workers_and_in_process_checking_build_the_same_ledger(
     try:
         text_, source = read_policy_source("national")
         with transaction(other) as session:
-            stored = add_policy(session, text=text_, source=source, now=clock.now())
-            activate(
+            install_policy(
                 session,
-                policy_id=stored.id,
+                text=text_,
+                source=source,
                 actor="tests",
                 reason="test fixture",
                 now=clock.now(),
-                effective_from=date(1970, 1, 1),
             )
         in_process = import_file(
             other, feed, clock=clock, chunk_size=150, workers=1, rejects=tmp_path / "r2.jsonl"

@@ -38,7 +38,6 @@ from chengxin.service.policies import active_policy
 from chengxin.service.principals import (
     Principal,
     Unauthenticated,
-    get_principal,
     public_list_members,
     subject_of,
     verify_password,
@@ -83,9 +82,11 @@ def current_person(request: Request, session: Session, clock: Clock) -> Principa
     cookie = request.cookies.get(COOKIE_NAME)
     if cookie is None:
         return None
-    try:
-        data = auth.read_cookie(cookie, secret=api_state(request).session_secret)
-        principal = get_principal(session, principal_id=int(data["p"]), now=clock.now())
+    secret = api_state(request).session_secret
+    try:  # pages read only on safe methods, so no CSRF token is asked for here
+        principal = auth.principal_from_cookie(
+            session, request, cookie, secret=secret, now=clock.now()
+        )
     except Unauthenticated:
         return None
     request.state.principal = principal  # for the access log, as the API does
