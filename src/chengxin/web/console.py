@@ -28,8 +28,7 @@ from chengxin.service import audit
 from chengxin.service.principals import Principal
 from chengxin.service.subjects import explain
 from chengxin.store.ledger import verify as verify_ledger
-from chengxin.web.charts import grade_scale
-from chengxin.web.pages import PAGE_ERRORS, current_person, error_page, record_view, render
+from chengxin.web.pages import PAGE_ERRORS, current_person, error_page, read_record, render
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 PAGE_SIZE = 100
@@ -143,22 +142,7 @@ def subject_page(
         ex = explain(session, subject=parse_qualified(wanted), clock=clock)
     except PAGE_ERRORS as exc:
         return error_page(request, exc, who=who)
-    audit.record(
-        session,
-        principal=who,
-        action="subject.explain",
-        purpose=why,
-        subject_id=ex.subject.id,
-        detail={"policy": ex.policy.label, "via": "console"},
-        now=clock.now(),
+    view = read_record(
+        session, who=who, ex=ex, clock=clock, action="subject.explain", purpose=why, via="console"
     )
-    return render(
-        request,
-        "console_subject.html",
-        who=who,
-        error=None,
-        chart=grade_scale(ex.policy, ex.result.score),
-        consultations=audit.consultations(session, subject_id=ex.subject.id, limit=200),
-        **record_view(ex),
-        **ctx,
-    )
+    return render(request, "console_subject.html", who=who, error=None, **view, **ctx)

@@ -287,8 +287,26 @@ async def log_out(request: Request) -> Response:
     return response
 
 
-def record_view(ex: Explanation) -> dict[str, Any]:
-    """What the record pages show of an explanation (the portal's and the console's)."""
+def read_record(
+    session: Session,
+    *,
+    who: Principal,
+    ex: Explanation,
+    clock: Clock,
+    action: str,
+    purpose: str,
+    via: str,
+) -> dict[str, Any]:
+    """Audit a read of a subject's record; what the record pages (portal, console) show of it."""
+    audit.record(
+        session,
+        principal=who,
+        action=action,
+        purpose=purpose,
+        subject_id=ex.subject.id,
+        detail={"policy": ex.policy.label, "via": via},
+        now=clock.now(),
+    )
     data = ex.as_dict()
     data["raw_delta"] = sum(c["value"] for c in data["contributions"])
     return {
@@ -296,6 +314,8 @@ def record_view(ex: Explanation) -> dict[str, Any]:
         "effects": _effects(ex.policy, ex),
         "list_titles": {lst.code: lst.title or lst.code for lst in ex.policy.lists},
         "appeal": ex.policy.appeal,
+        "chart": grade_scale(ex.policy, ex.result.score),
+        "consultations": audit.consultations(session, subject_id=ex.subject.id, limit=200),
     }
 
 
@@ -336,20 +356,7 @@ def my_record(request: Request, session: DbSession, clock: Now) -> Response:
         ex = explain(session, subject=subject_of(session, who), clock=clock)
     except PAGE_ERRORS as exc:
         return error_page(request, exc, who=who)
-    audit.record(
-        session,
-        principal=who,
-        action="subject.read",
-        purpose="self",
-        subject_id=ex.subject.id,
-        detail={"policy": ex.policy.label, "via": "portal"},
-        now=clock.now(),
+    view = read_record(
+        session, who=who, ex=ex, clock=clock, action="subject.read", purpose="self", via="portal"
     )
-    return render(
-        request,
-        "me.html",
-        who=who,
-        chart=grade_scale(ex.policy, ex.result.score),
-        consultations=audit.consultations(session, subject_id=who.subject_id, limit=200),
-        **record_view(ex),
-    )
+    return render(request, "me.html", who=who, **view)
