@@ -96,14 +96,10 @@ def _by_provider(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 def _stored_hashes(
     bulk: Bulk, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, int]]:
-    # One IN list per provider: (provider, ref) is the unique index, provider its prefix.
+    # One lookup per provider: (provider, ref) is the unique index.
     out: dict[tuple[str, str], tuple[str, int]] = {}
     for provider, refs in _by_provider(keys).items():
-        found = bulk.rows_in(
-            "SELECT ref, payload_hash, seq FROM ledger WHERE provider = ? AND ref",
-            refs,
-            (provider,),
-        )
+        found = bulk.rows_by_ref("ledger", ("payload_hash", "seq"), provider, refs)
         for ref, phash, seq in found:
             out[(provider, ref)] = (phash, int(seq))
     return out
@@ -112,11 +108,7 @@ def _stored_hashes(
 def _targets(bulk: Bulk, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], _Target]:
     out: dict[tuple[str, str], _Target] = {}
     for provider, refs in _by_provider(keys).items():
-        found = bulk.rows_in(
-            "SELECT ref, id, subject_id, status FROM records WHERE provider = ? AND ref",
-            refs,
-            (provider,),
-        )
+        found = bulk.rows_by_ref("records", ("id", "subject_id", "status"), provider, refs)
         for ref, rid, sid, status in found:
             out[(provider, ref)] = _Target(int(rid), int(sid), status)
     return out

@@ -157,6 +157,33 @@ class Bulk:
             out += self.rows(text + match, [*params, *values])
         return out
 
+    def rows_by_ref(
+        self, table: str, columns: Sequence[str], provider: str, refs: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """``(ref, *columns)`` of ``table``'s rows keyed ``(provider, ref)``, for ``refs``.
+
+        On PostgreSQL each ref is its own equality lookup of the ``(provider,
+        ref)`` unique index, sent in one pipeline. With ``ref = ANY(?)`` (or a
+        join to the array) the planner, whose statistics do not yet know a new
+        provider, scans every row that provider has, once per ingest, until
+        the next ANALYZE: 15 ms a lookup at 28,000 rows, and growing.
+        """
+        if not refs:
+            return []
+        cols = ", ".join(columns)
+        text = f"SELECT ref, {cols} FROM {table} WHERE provider = ? AND ref"
+        if self.sqlite:
+            return self.rows_in(text, refs, (provider,))
+        text = self.sql(text + " = ?")
+        out: list[tuple[Any, ...]] = []
+        with self._cursor(text) as cur:
+            cur.executemany(text, [(provider, ref) for ref in refs], returning=True)
+            while True:
+                out += cur.fetchall()
+                if not cur.nextset():
+                    break
+        return out
+
     def execute_in(
         self,
         text: str,
