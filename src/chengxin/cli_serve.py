@@ -66,6 +66,14 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
     ] = "info",
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            "--forwarded-allow-ips",
+            help="Proxies (comma-separated addresses, or *) whose X-Forwarded-For is trusted "
+            "as the client address; none by default.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Serve the HTTP API (uvicorn); exit 2 if the database is missing or not initialised."""
@@ -96,6 +104,10 @@ def serve(
             log_config=log_config(log_level),
             log_level=log_level,
             access_log=False,
+            # Forwarded headers only from proxies named: uvicorn's default trusts
+            # 127.0.0.1 and parses the peer's address on every request to find out.
+            proxy_headers=forwarded_allow_ips is not None,
+            forwarded_allow_ips=forwarded_allow_ips,
             server_header=False,
             timeout_graceful_shutdown=10,
             # A worker answers the supervisor's ping only once it has imported

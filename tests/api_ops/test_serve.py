@@ -154,3 +154,23 @@ def test_two_workers_add_up_their_metrics(
     finally:
         assert stop_server(srv) == 0
     assert not list(tmp.iterdir())  # the metrics directory is removed
+
+
+@pytest.mark.parametrize(
+    ("given", "proxy_headers"), [([], False), (["--forwarded-allow-ips", "10.0.0.7"], True)]
+)
+def test_forwarded_headers_are_believed_only_from_the_proxies_named(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, given: list[str], proxy_headers: bool
+) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from chengxin.cli import register_all
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **kw: seen.update(kw))
+    monkeypatch.delenv("CHENGXIN_DB", raising=False)
+    run = CliRunner().invoke(register_all(), ["serve", "--db", db_url, *given])
+    assert run.exit_code == 0, run.output
+    assert seen["proxy_headers"] is proxy_headers
+    assert seen["forwarded_allow_ips"] == (given[1] if given else None)

@@ -19,6 +19,7 @@ copy every body through a task and an extra stream.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -52,11 +53,34 @@ def route_template(scope: Scope) -> str:
     return template if isinstance(template, str) else UNMATCHED
 
 
+class _RequestIds:
+    """Fresh request ids: 16 random hex digits per process, then a 16-digit counter.
+
+    Not ``os.urandom`` per request: that system call lets go of the GIL, and
+    the event loop then waits to get it back from a busy thread.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def next(self) -> bytes:
+        """A request id that no other request, in any process, is likely to have."""
+        return f"{self._prefix}{next(self._count):016x}".encode("ascii")
+
+
+_fresh_ids = _RequestIds()
+
+
 def _request_id(scope: Scope) -> bytes:
     for key, value in scope["headers"]:
         if key == _REQUEST_ID_KEY and _REQUEST_ID.match(value):
             return bytes(value.lower())
-    return os.urandom(16).hex().encode("ascii")
+    return _fresh_ids.next()
 
 
 def _who(scope: Scope) -> tuple[str | None, str | None]:
