@@ -48,7 +48,8 @@ def test_each_request_gives_one_json_line_with_its_request_id(
     assert (first["principal"], first["role"]) == ("auditor-1", "auditor")
     assert isinstance(first["duration_ms"], float) and first["duration_ms"] >= 0
     assert (second["route"], second["principal"], second["role"]) == ("/healthz", None, None)
-    ids = {first["request_id"], second["request_id"], client.get("/healthz").headers["X-Request-ID"]}
+    third = client.get("/healthz").headers["X-Request-ID"]
+    ids = {first["request_id"], second["request_id"], third}
     assert len(ids) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 
 
