@@ -136,6 +136,8 @@ class ApiState:
     checkers: CheckerPool
     keys: KeyCache
     audit: AuditWriter
+    decide_on_writer: bool
+    """Checks decide on the audit writer's thread (SQLite: in process) or in the pool (a server)."""
 
 
 def install(app: FastAPI) -> APIRouter:
@@ -156,6 +158,7 @@ def install(app: FastAPI) -> APIRouter:
             max_batch=settings.audit_batch_max,
             wait=timedelta(milliseconds=settings.audit_batch_wait_ms),
         ),
+        decide_on_writer=runtime.engine.dialect.name == "sqlite",
     )
 
     async def handle(_: Request, exc: Exception) -> Response:

@@ -25,6 +25,7 @@ newest activation id together), without SQLAlchemy on the way. Then:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -112,6 +113,9 @@ class Checker:
         self._pooled = engine.raw_connection()
         self._conn: Any = self._pooled.dbapi_connection
         self._sqlite = engine.dialect.name == "sqlite"
+        if not self._sqlite:
+            # Each statement its own transaction: no rollback round trip after a read.
+            self._conn.autocommit = True
         p = "?" if self._sqlite else "%s"
         agg = "group_concat(m.list_code, ',')" if self._sqlite else "string_agg(m.list_code, ',')"
         self._sql = _SQL.format(agg=agg, p=p)
@@ -119,15 +123,16 @@ class Checker:
         self._plan: _Plan | None = None
 
     def close(self) -> None:
-        """Release the held connection."""
+        """Release the held connection (to the pool, as the pool lent it)."""
+        if not self._sqlite:
+            with contextlib.suppress(Exception):  # a broken connection is discarded anyway
+                self._conn.autocommit = False
         self._pooled.close()
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         # fetchall, not fetchone: a statement stepped to its end ends SQLite's read
-        # transaction at once; PostgreSQL's is ended by the rollback.
+        # transaction at once; on PostgreSQL the connection is in autocommit.
         rows: list[Any] = self._conn.execute(sql, params).fetchall()
-        if not self._sqlite:
-            self._conn.rollback()
         return rows
 
     def _compiled(self, activation: int | None, today: date) -> _Plan:

@@ -1,11 +1,14 @@
 """Services check a measure for a subject: the decision, never the score or the records.
 
 The path is kept lean for the load target (2,000 checks/s, p99 < 20 ms): the
-route is ``async`` and hands work to a thread once: the process's
+route is ``async``. On SQLite it hands work to a thread once: the process's
 group-commit audit writer (:mod:`chengxin.service.audit_writer`) makes the
-decision (a pooled fast checker: one indexed query) on its thread and
-appends its event with those of the checks under way; the route awaits it,
-so the answer leaves only once its event is committed. The key check is
+decision (a pooled fast checker: one indexed query, in process) on its
+thread and appends its event with those of the checks under way. On
+PostgreSQL, where each decision is a round trip to the server, decisions
+are made in the thread pool, several at a time (one per pooled checker),
+and only their events go to the writer. Either way the route awaits the
+writer, so the answer leaves only once its event is committed. The key check is
 cached (:mod:`chengxin.service.keycache`). A subject chengxin holds
 nothing on is answered as a subject with no records, and audited without a
 subject, so a check never reveals whether someone is known.
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from chengxin.api.deps import GuardedRoute, Now, api_state, error_responses, require
 from chengxin.api.metrics import observe_check
@@ -68,7 +72,11 @@ async def create_check(
 
     # No answer before its audit event is committed (hard line 5): the writer
     # commits the events of concurrent checks together and resolves this then.
-    decision, _ = await state.audit.run(decide, subject=subject)
+    if state.decide_on_writer:
+        decision, _ = await state.audit.run(decide, subject=subject)
+    else:
+        decision, event = await run_in_threadpool(decide)
+        await state.audit.append(event, subject=subject)
     observe_check(request, measure=decision.measure, decision=decision.outcome)
     return CheckRead(
         measure=decision.measure,
