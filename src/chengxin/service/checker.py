@@ -29,7 +29,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine
 
@@ -111,7 +111,7 @@ class Checker:
         self._engine = engine
         self._clock = clock
         self._pooled = engine.raw_connection()
-        self._conn: Any = self._pooled.dbapi_connection
+        self._conn: Any = cast(Any, self._pooled.dbapi_connection)
         self._sqlite = engine.dialect.name == "sqlite"
         if not self._sqlite:
             # Each statement its own transaction: no rollback round trip after a read.
