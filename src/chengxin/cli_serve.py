@@ -1,6 +1,6 @@
 """The ``serve`` command: the HTTP API under uvicorn, on loopback unless told otherwise.
 
-Each worker builds its own app from ``chengxin.api.app:create_app``, which
+Each worker builds its own app from ``chengxin.api.app:serve_app``, which
 reads its settings from ``CHENGXIN_*`` environment variables (``--db`` is
 passed on as ``CHENGXIN_DB``). With more than one worker, Prometheus samples
 go to a directory shared by the workers (``PROMETHEUS_MULTIPROC_DIR``: a
@@ -25,7 +25,7 @@ DbOpt = Annotated[
     str, typer.Option("--db", envvar="CHENGXIN_DB", help="SQLite file or postgresql:// URL.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print errors as JSON.")]
-APP = "chengxin.api.app:create_app"
+APP = "chengxin.api.app:serve_app"
 """The app factory each worker calls."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -174,3 +174,24 @@ def test_forwarded_headers_are_believed_only_from_the_proxies_named(
     assert run.exit_code == 0, run.output
     assert seen["proxy_headers"] is proxy_headers
     assert seen["forwarded_allow_ips"] == (given[1] if given else None)
+
+
+def test_a_served_worker_freezes_what_it_made_at_start_up(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from chengxin.api.app import create_app, serve_app
+
+    monkeypatch.setenv("CHENGXIN_DB", db_url)
+    try:
+        with TestClient(create_app()) as client:  # tests' apps leave the collector alone
+            assert client.get("/healthz").status_code == 200
+            assert gc.get_freeze_count() == 0
+        with TestClient(serve_app()) as client:
+            assert client.get("/healthz").status_code == 200
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

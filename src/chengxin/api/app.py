@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,8 +30,14 @@ def create_app(
     *,
     engine: Engine | None = None,
     clock: Clock | None = None,
+    freeze_gc: bool = False,
 ) -> FastAPI:
-    """Build the HTTP service on ``settings.db`` (or a given engine and clock, for tests)."""
+    """Build the HTTP service on ``settings.db`` (or a given engine and clock, for tests).
+
+    With ``freeze_gc``, what exists once the app has started (modules, the
+    app, its state: about 200,000 objects) is moved out of the garbage
+    collector's sight (:func:`gc.freeze`), for the process's lifetime.
+    """
     settings = settings or Settings.from_env()
     own_engine = engine is None
     engine = engine or make_engine(settings.db)
@@ -39,6 +46,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         require_current(runtime.engine)
+        if freeze_gc:
+            # A full collection otherwise walks every start-up object again: a
+            # 140-240 ms pause of the worker each time, against 1-9 ms frozen.
+            gc.collect()
+            gc.freeze()
         yield
         if own_engine:
             runtime.engine.dispose()
@@ -65,3 +77,8 @@ def create_app(
     app.include_router(console.router)
     middleware.install(app, metrics.install(app))
     return app
+
+
+def serve_app() -> FastAPI:
+    """The app each ``chengxin serve`` worker runs: settings from the environment, GC frozen."""
+    return create_app(freeze_gc=True)
