@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 from chengxin.domain.identifiers import SubjectId
 from chengxin.store import repo
 from chengxin.store.db import transaction
+from chengxin.store.ledger import LEDGER_COLUMNS
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 N = 1_000  # more than every chunk size (400, 900)
@@ -108,20 +109,6 @@ def _ledger_rows(first: int, provider: str, n: int) -> list[tuple[object, ...]]:
     return [
         (first + i, "record", provider, f"r-{i}", None, "{}", "h", "h", "h", NOW) for i in range(n)
     ]
-
-
-LEDGER_COLUMNS = (
-    "seq",
-    "kind",
-    "provider",
-    "ref",
-    "subject_id",
-    "payload",
-    "payload_hash",
-    "prev_hash",
-    "entry_hash",
-    "recorded_at",
-)
 
 
 def test_rows_by_ref_finds_exactly_the_stored_refs(engine: Engine) -> None:
