@@ -146,8 +146,14 @@ def _record_list(
     )
 
 
-def score(policy: Policy, records: Iterable[RecordFact], as_of: date) -> ScoreResult:
-    """Score one subject's records at ``as_of`` under ``policy``."""
+def score(
+    policy: Policy, records: Iterable[RecordFact], as_of: date, *, explain: bool = True
+) -> ScoreResult:
+    """Score one subject's records at ``as_of`` under ``policy``.
+
+    With ``explain=False`` the result lists no contributions (``()``): a
+    rescore stores only the score, grade, lists and next change.
+    """
     statuses = counting_statuses(policy)
     counted = [r for r in records if r.status in statuses]
     changes: list[date] = []
@@ -173,18 +179,19 @@ def score(policy: Policy, records: Iterable[RecordFact], as_of: date) -> ScoreRe
                 pct = step.pct
         value = truncate_pct(rule.points, pct)
         total += value
-        contributions.append(
-            Contribution(
-                record_id=record.id,
-                record_type=record.type,
-                rule_id=rule.id,
-                points=rule.points,
-                pct=pct,
-                value=value,
-                occurred_at=occurred,
-                expires_on=expires_on,
+        if explain:
+            contributions.append(
+                Contribution(
+                    record_id=record.id,
+                    record_type=record.type,
+                    rule_id=rule.id,
+                    points=rule.points,
+                    pct=pct,
+                    value=value,
+                    occurred_at=occurred,
+                    expires_on=expires_on,
+                )
             )
-        )
     raw = policy.scale.base + total
     clamped = policy.clamp(raw)
     grade = policy.grade_of(clamped)
