@@ -515,6 +515,18 @@ def test_score_ignores_record_order(case: tuple[Policy, list[RecordFact], date])
 
 
 @props
+@given(scenarios())
+def test_unexplained_scores_differ_only_in_listing_no_contributions(
+    case: tuple[Policy, list[RecordFact], date],
+) -> None:
+    policy, records, as_of = case
+    explained = score(policy, records, as_of)
+    bare = score(policy, records, as_of, explain=False)
+    assert bare.contributions == ()
+    assert bare == dataclasses.replace(explained, contributions=())
+
+
+@props
 @given(policies(), days(), attribute_values(), st.sampled_from(STATUSES))
 def test_a_record_never_counts_the_day_before_it_occurs_or_on_its_expiry(
     policy: Policy, day: date, attrs: dict[str, object], status: str

@@ -19,7 +19,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 
 _PART = re.compile(r"(\d+)([ymwd])")
 _WHOLE = re.compile(r"^(?:\d+[ymwd])+$")
@@ -63,7 +63,13 @@ class Duration:
 
     def after(self, start: date) -> date:
         """The date this duration after ``start``."""
-        return add_months(start, self.months) + timedelta(days=self.days)
+        return _after(self.months, self.days, start)
+
+
+@lru_cache(maxsize=1 << 16)
+def _after(months: int, days: int, start: date) -> date:
+    # Scoring asks for the same few durations after the same days over and over.
+    return add_months(start, months) + timedelta(days=days)
 
 
 def add_months(start: date, months: int) -> date:

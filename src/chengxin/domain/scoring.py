@@ -90,11 +90,17 @@ def truncate_pct(points: int, pct: int) -> int:
     return magnitude if product >= 0 else -magnitude
 
 
+def counting_statuses(policy: Policy) -> frozenset[str]:
+    """The record statuses that count under ``policy``."""
+    return _ACTIVE_ONLY if policy.disputes.suspend_while_open else COUNTING
+
+
+_ACTIVE_ONLY = frozenset({"active"})
+
+
 def counts(policy: Policy, record: RecordFact) -> bool:
     """Whether a record's status lets it count under ``policy``."""
-    if record.status == "active":
-        return True
-    return record.status == "disputed" and not policy.disputes.suspend_while_open
+    return record.status in counting_statuses(policy)
 
 
 def first_rule(policy: Policy, record: RecordFact) -> Rule | None:
@@ -105,37 +111,11 @@ def first_rule(policy: Policy, record: RecordFact) -> Rule | None:
     return None
 
 
-def _contribution(rule: Rule, record: RecordFact, as_of: date) -> Contribution | None:
-    """What ``record`` (matched to ``rule``) contributes at ``as_of``; None once expired."""
-    expires_on = None if rule.expires is None else rule.expires.after(record.occurred_at)
-    if record.occurred_at > as_of or (expires_on is not None and as_of >= expires_on):
-        return None
-    pct = rule.pct_at(record.occurred_at, as_of)
-    return Contribution(
-        record_id=record.id,
-        record_type=record.type,
-        rule_id=rule.id,
-        points=rule.points,
-        pct=pct,
-        value=truncate_pct(rule.points, pct),
-        occurred_at=record.occurred_at,
-        expires_on=expires_on,
-    )
-
-
-def _change_dates(rule: Rule, record: RecordFact) -> list[date]:
-    out = [record.occurred_at]
-    out += [step.after.after(record.occurred_at) for step in rule.schedule]
-    if rule.expires is not None:
-        out.append(rule.expires.after(record.occurred_at))
-    return out
-
-
 def _record_list(
     lst: ListDef, records: list[RecordFact], as_of: date, changes: list[date]
 ) -> Membership | None:
     entry = lst.enter
-    lifts = set(lst.lifted_by)
+    lifts = lst.lifted_by
     last_lift: date | None = None
     candidates: list[tuple[RecordFact, date | None]] = []
     for r in records:
@@ -166,9 +146,16 @@ def _record_list(
     )
 
 
-def score(policy: Policy, records: Iterable[RecordFact], as_of: date) -> ScoreResult:
-    """Score one subject's records at ``as_of`` under ``policy``."""
-    counted = [r for r in records if counts(policy, r)]
+def score(
+    policy: Policy, records: Iterable[RecordFact], as_of: date, *, explain: bool = True
+) -> ScoreResult:
+    """Score one subject's records at ``as_of`` under ``policy``.
+
+    With ``explain=False`` the result lists no contributions (``()``): a
+    rescore stores only the score, grade, lists and next change.
+    """
+    statuses = counting_statuses(policy)
+    counted = [r for r in records if r.status in statuses]
     changes: list[date] = []
     contributions: list[Contribution] = []
     total = 0
@@ -176,17 +163,44 @@ def score(policy: Policy, records: Iterable[RecordFact], as_of: date) -> ScoreRe
         rule = first_rule(policy, record)
         if rule is None:
             continue
-        changes += _change_dates(rule, record)
-        part = _contribution(rule, record, as_of)
-        if part is not None:
-            total += part.value
-            contributions.append(part)
+        # The days the record occurs, steps down and expires, each computed once.
+        occurred = record.occurred_at
+        changes.append(occurred)
+        steps = [step.after.after(occurred) for step in rule.schedule]
+        changes += steps
+        expires_on = None if rule.expires is None else rule.expires.after(occurred)
+        if expires_on is not None:
+            changes.append(expires_on)
+        if occurred > as_of or (expires_on is not None and as_of >= expires_on):
+            continue
+        pct = 100  # Rule.pct_at: the last step reached by as_of
+        for step, on in zip(rule.schedule, steps, strict=True):
+            if on <= as_of:
+                pct = step.pct
+        value = truncate_pct(rule.points, pct)
+        total += value
+        if explain:
+            contributions.append(
+                Contribution(
+                    record_id=record.id,
+                    record_type=record.type,
+                    rule_id=rule.id,
+                    points=rule.points,
+                    pct=pct,
+                    value=value,
+                    occurred_at=occurred,
+                    expires_on=expires_on,
+                )
+            )
     raw = policy.scale.base + total
     clamped = policy.clamp(raw)
     grade = policy.grade_of(clamped)
     lists: dict[str, Membership] = {}
+    types = {r.type for r in counted}
     for lst in policy.lists:
         if lst.enter.record is not None:
+            if lst.enter.record not in types and types.isdisjoint(lst.lifted_by):
+                continue  # none of its records: no entry, and no day on which one changes
             member = _record_list(lst, counted, as_of, changes)
         elif grade in (lst.enter.grade_in or ()):
             member = Membership(code=lst.code, kind=lst.kind, since=None, until=None)

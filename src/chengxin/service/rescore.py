@@ -18,6 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -115,8 +116,9 @@ def store_results(
     old_grades = repo.grades_bulk(bulk, ids)
     old_lists = repo.open_memberships_bulk(bulk, ids)
     summary = RescoreSummary(subjects=len(ids))
-    day, stamp = bulk.day, bulk.stamp
-    computed = stamp(now)
+    # Snapshots share few distinct days: convert each once.
+    day = lru_cache(maxsize=None)(bulk.day)
+    computed = bulk.stamp(now)
     base_grade = policy.grade_of(policy.scale.base)
     snaps: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
@@ -203,7 +205,8 @@ def rescore_subjects(
     bulk = Bulk(session)
     for part in repo.chunks(list(subject_ids), 5000):
         facts = repo.record_facts_bulk(bulk, part)
-        results = {sid: score(policy, facts.get(sid, ()), as_of) for sid in part}
+        # What is stored needs no contributions: the scorer skips listing them.
+        results = {sid: score(policy, facts.get(sid, ()), as_of, explain=False) for sid in part}
         total.add(store_results(session, policy=policy, results=results, now=now))
     return total
 
