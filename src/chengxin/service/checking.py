@@ -31,6 +31,7 @@ import orjson
 from chengxin.domain.identifiers import region_of
 from chengxin.domain.policy import Policy
 from chengxin.domain.records import RecordRejected, check_submission
+from chengxin.service.fastpath import fast_row
 from chengxin.store.ledger import canonical_json, sha256_hex
 
 Status = Literal["accepted", "duplicate", "rejected"]
@@ -100,7 +101,7 @@ def rejected_line(line: int, exc: RecordRejected, ref: str | None = None) -> Lin
 
 def check_line(line: int, raw: Mapping[str, Any], policy: Policy, today: date) -> Checked:
     """Check one parsed line; raise :class:`RecordRejected` with the reason."""
-    return Checked._make(_check_row(line, raw, policy, today))
+    return Checked._make(fast_row(line, raw, policy, today) or _check_row(line, raw, policy, today))
 
 
 def _check_row(line: int, raw: Mapping[str, Any], policy: Policy, today: date) -> tuple[Any, ...]:
@@ -155,6 +156,10 @@ def _check_rows(
         count += 1
         if isinstance(raw, RecordRejected):
             refused.append(rejected_line(number, raw))
+            continue
+        row = fast_row(number, raw, policy, today)  # the common good line
+        if row is not None:
+            rows.append(row)
             continue
         try:
             rows.append(_check_row(number, raw, policy, today))
