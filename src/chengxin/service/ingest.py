@@ -100,9 +100,16 @@ def _stored_hashes(
 
 
 def _targets(bulk: Bulk, keys: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], _Target]:
+    # Through the ledger's unique (provider, ref): a record's id is its entry's seq.
     out: dict[tuple[str, str], _Target] = {}
     for provider, refs in keys.items():
-        found = bulk.rows_by_ref("records", ("id", "subject_id", "status"), provider, list(refs))
+        found = bulk.rows_by_ref(
+            "ledger",
+            ("r.id", "r.subject_id", "r.status"),
+            provider,
+            list(refs),
+            join=" JOIN records r ON r.id = k.seq",
+        )
         for ref, rid, sid, status in found:
             out[(provider, ref)] = _Target(int(rid), int(sid), status)
     return out
