@@ -11,6 +11,7 @@ and retractions, amendments and reasons.
 from __future__ import annotations
 
 import copy
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from chengxin.domain.policy import Policy
 from chengxin.domain.policy_load import load_policy_text
 from chengxin.domain.records import RecordRejected
 from chengxin.service import fastpath
-from chengxin.service.checking import _check_row, check_lines
+from chengxin.service.checking import RawLines, _check_row, check_chunk, check_lines
 from chengxin.service.policies import read_policy_source
 from chengxin.synth import CityConfig, write_feed
 
@@ -220,3 +221,20 @@ def test_an_odd_line_gets_the_reference_row_or_the_reference_path(
     else:
         (res,) = batch.rejected
         assert (res.code, res.message, res.field) == want
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_chunk_of_odd_json_lines_checks_as_the_standard_library_reads_it(
+    data: st.DataObject, national: Policy, feed_lines: list[dict[str, Any]]
+) -> None:
+    lines = data.draw(st.lists(odd_lines(feed_lines), min_size=1, max_size=6))
+    extra = data.draw(st.sampled_from(['{"amount_cny": 100000000000000000000}', "1.5"]))
+    raw = [json.dumps(line).encode() for line in lines]
+    if data.draw(st.booleans()):  # an integer past 64 bits, which orjson reads as a float
+        raw[0] = raw[0].replace(b'"attributes": {}', b'"attributes": ' + extra.encode())
+    numbers = list(range(2, 2 + 2 * len(raw), 2))
+    want = check_lines(
+        [(n, json.loads(line)) for n, line in zip(numbers, raw, strict=True)], national, TODAY
+    )
+    assert check_chunk(RawLines(numbers, raw), national, TODAY) == want

@@ -7,7 +7,7 @@ time. :func:`fast_row` handles the lines a feed is made of -- a new record or
 an amendment, every field of the expected JSON type and within its limits --
 and gives the very row :func:`chengxin.service.checking.check_line` would.
 On anything else (a retraction, a ``reason``, a value it would have to
-coerce, any fault at all) it returns ``None`` and the caller checks the line
+coerce, a float anywhere, any fault at all) it returns ``None`` and the caller checks the line
 the reference way, so every refusal keeps its code, field and message.
 The tests hold the two to the same rows, line for line.
 
@@ -128,6 +128,8 @@ def fast_row(
         attributes = {}
     elif type(attributes) is not dict:
         return None
+    if attributes and float in map(type, attributes.values()):
+        return None  # orjson reads an integer past 64 bits as a float: see parse_jsonl_line
     if attributes or rtype.attributes:  # the record type's schema, as the reference applies it
         try:
             attributes = check_attributes(policy, rtype.code, attributes)
