@@ -67,7 +67,8 @@ class BatchReport:
     uncounted: dict[str, int] = field(default_factory=dict)
     """Lines counted by status but left out of ``results`` (a bulk import's good lines)."""
     subjects: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
-    """(id, kind) of the subjects the batch's accepted lines name, by (scheme, value)."""
+    """(id, kind) of the subjects the batch looked up or created, by (scheme, value): those
+    its lines name, less the ``known_subjects`` it was given."""
 
     def count(self, status: Status) -> int:
         """How many lines ended with ``status``."""
@@ -86,29 +87,29 @@ class _Target:
     status: str
 
 
-def _by_provider(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for provider, ref in keys:
-        out.setdefault(provider, []).append(ref)
-    return out
-
-
 def _stored_hashes(
-    bulk: Bulk, keys: Iterable[tuple[str, str]]
+    bulk: Bulk, keys: Mapping[str, Iterable[str]]
 ) -> dict[tuple[str, str], tuple[str, int]]:
     # One lookup per provider: (provider, ref) is the unique index.
     out: dict[tuple[str, str], tuple[str, int]] = {}
-    for provider, refs in _by_provider(keys).items():
-        found = bulk.rows_by_ref("ledger", ("payload_hash", "seq"), provider, refs)
+    for provider, refs in keys.items():
+        found = bulk.rows_by_ref("ledger", ("payload_hash", "seq"), provider, list(refs))
         for ref, phash, seq in found:
             out[(provider, ref)] = (phash, int(seq))
     return out
 
 
-def _targets(bulk: Bulk, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], _Target]:
+def _targets(bulk: Bulk, keys: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], _Target]:
+    # Through the ledger's unique (provider, ref): a record's id is its entry's seq.
     out: dict[tuple[str, str], _Target] = {}
-    for provider, refs in _by_provider(keys).items():
-        found = bulk.rows_by_ref("records", ("id", "subject_id", "status"), provider, refs)
+    for provider, refs in keys.items():
+        found = bulk.rows_by_ref(
+            "ledger",
+            ("r.id", "r.subject_id", "r.status"),
+            provider,
+            list(refs),
+            join=" JOIN records r ON r.id = k.seq",
+        )
         for ref, rid, sid, status in found:
             out[(provider, ref)] = _Target(int(rid), int(sid), status)
     return out
@@ -157,7 +158,8 @@ def store_checked(
     the rejected lines and counts the others) and ``known_subjects``: the
     (id, kind) of subjects its earlier chunks found or created, which never
     change, so they are not looked up again; the report's ``subjects`` holds
-    this batch's, to add to them once the transaction commits.
+    the ones this batch looked up or created, to add to them once the transaction
+    commits.
     """
     report = BatchReport(results=list(batch.rejected))
     checked = batch.checked
@@ -169,32 +171,42 @@ def store_checked(
     # held) before looking for stored keys, so a batch racing another with the same
     # lines sees them as duplicates rather than failing on the unique key.
     top = ledger.head(session, lock=True)
-    stored = _stored_hashes(bulk, {(c.provider, c.ref) for c in checked})
-    targets = _targets(bulk, {(c.provider, c.target) for c in checked if c.target is not None})
+    # One pass: the keys to look up, by provider, and each line's subject key (None
+    # for a retraction).
+    refs: dict[str, set[str]] = {}
+    target_refs: dict[str, set[str]] = {}
+    skeys: list[tuple[str, str] | None] = []
+    add_skey = skeys.append
+    for c in checked:
+        provider_refs = refs.get(c.provider)
+        if provider_refs is None:
+            provider_refs = refs[c.provider] = set()
+        provider_refs.add(c.ref)
+        if c.target is not None:
+            target_refs.setdefault(c.provider, set()).add(c.target)
+        add_skey(None if c.scheme is None or c.value is None else (c.scheme, c.value))
+    stored = _stored_hashes(bulk, refs)
+    targets = _targets(bulk, target_refs)
     known = known_subjects or {}
-    # Each line's subject key, once (None for a retraction); a line is (checked, key).
-    keyed = [
-        (c, None if c.scheme is None or c.value is None else (c.scheme, c.value)) for c in checked
-    ]
-    named = {k for _, k in keyed if k is not None}
-    subject_map = {k: known[k] for k in named if k in known}
-    subject_map.update(repo.subject_ids_bulk(bulk, [k for k in named if k not in known]))
+    unknown = {k for k in skeys if k is not None and k not in known}
+    subject_map = repo.subject_ids_bulk(bulk, unknown)
     # Subjects are created only for accepted lines: a refused line stores nothing.
     new_subjects: dict[tuple[str, str], Checked] = {}  # the first line naming each
 
     accepted: list[tuple[Checked, tuple[str, str] | None]] = []
+    add_accepted = accepted.append
     pending: dict[tuple[str, str], str] = {}
     pending_records: set[tuple[str, str]] = set()  # accepted lines that create a record
     pending_targets: set[tuple[str, str]] = set()
     duplicates = 0
-    for item in keyed:
-        c, skey = item
+    for c, skey in zip(checked, skeys, strict=True):
         key = (c.provider, c.ref)
-        old_hash = stored[key][0] if key in stored else pending.get(key)
+        old = stored.get(key)
+        old_hash = pending.get(key) if old is None else old[0]
         if old_hash is not None:
             if old_hash == c.payload_hash:
                 if line_results:
-                    seq = stored[key][1] if key in stored else None
+                    seq = None if old is None else old[1]
                     report.results.append(LineResult(c.line, "duplicate", c.ref, seq))
                 else:
                     duplicates += 1
@@ -209,8 +221,9 @@ def store_checked(
                     )
                 )
             continue
+        found = None
         if skey is not None:
-            found = subject_map.get(skey)
+            found = known.get(skey) or subject_map.get(skey)
             if found is not None:
                 stored_kind: str | None = found[1]
             elif skey in new_subjects:  # created by an earlier line of this batch
@@ -249,7 +262,7 @@ def store_checked(
             pending_records.add(key)
             if found is None and skey not in new_subjects:
                 new_subjects[skey] = c
-        accepted.append(item)
+        add_accepted((c, skey))
     if duplicates:
         report.uncounted["duplicate"] = duplicates
 
@@ -280,6 +293,8 @@ def store_checked(
     affected: set[int] = set()
     by_key: dict[tuple[str, str], tuple[int, int]] = {}  # records of this batch: id, subject
     add_entry, add_row, add_affected = entries.append, new_rows.append, affected.add
+    # Records of this batch that a later line of it retracts or amends.
+    wanted = {(provider, t) for provider, named_refs in target_refs.items() for t in named_refs}
     seq = top.seq
     for c, skey in accepted:
         seq += 1
@@ -299,7 +314,7 @@ def store_checked(
         if skey is None:  # a retraction: the ledger entry names the retracted record's subject
             add_entry((c.kind, c.provider, c.ref, target_subject, c.payload, c.payload_hash))
             continue
-        subject_id = subject_map[skey][0]
+        subject_id = (subject_map.get(skey) or known[skey])[0]
         add_entry((c.kind, c.provider, c.ref, subject_id, c.payload, c.payload_hash))
         add_row(
             (
@@ -318,7 +333,8 @@ def store_checked(
                 seq,
             )
         )
-        by_key[(c.provider, c.ref)] = (seq, subject_id)
+        if wanted and (c.provider, c.ref) in wanted:
+            by_key[(c.provider, c.ref)] = (seq, subject_id)
         add_affected(subject_id)
     first = ledger.append_rows(bulk, entries, top=top, now=now)
     assert first == top.seq + 1

@@ -159,9 +159,18 @@ class Bulk:
         return out
 
     def rows_by_ref(
-        self, table: str, columns: Sequence[str], provider: str, refs: Sequence[str]
+        self,
+        table: str,
+        columns: Sequence[str],
+        provider: str,
+        refs: Sequence[str],
+        *,
+        join: str = "",
     ) -> list[tuple[Any, ...]]:
         """``(ref, *columns)`` of ``table``'s rows keyed ``(provider, ref)``, for ``refs``.
+
+        ``table`` is aliased ``k``; ``join`` (`` JOIN records r ON r.id = k.seq``)
+        adds tables whose columns ``columns`` may name.
 
         On PostgreSQL each ref is its own equality lookup of the ``(provider,
         ref)`` unique index, sent in one pipeline. With ``ref = ANY(?)`` (or a
@@ -172,7 +181,7 @@ class Bulk:
         if not refs:
             return []
         cols = ", ".join(columns)
-        text = f"SELECT ref, {cols} FROM {table} WHERE provider = ? AND ref"
+        text = f"SELECT k.ref, {cols} FROM {table} k{join} WHERE k.provider = ? AND k.ref"
         if self.sqlite:
             return self.rows_in(text, refs, (provider,))
         text = self.sql(text + " = ?")

@@ -94,7 +94,8 @@ records = Table(
     Column("supersedes", Id, ForeignKey("records.id")),
     Column("status_seq", Id, ForeignKey("ledger.seq")),  # the entry that set the status
     Index("ix_records_subject", "subject_id"),
-    Index("ix_records_provider_ref", "provider", "ref", unique=True),
+    # No index on (provider, ref): the ledger's unique key holds it, and a record's
+    # id is its entry's seq, so look-ups by key join through the ledger (migration 0003).
 )
 
 policies = Table(
