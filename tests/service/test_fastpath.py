@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from chengxin.domain.identifiers import make_uscc
 from chengxin.domain.policy import Policy
 from chengxin.domain.policy_load import load_policy_text
-from chengxin.domain.records import RecordRejected
+from chengxin.domain.records import SUBJECT_FIELDS, TOP_LEVEL, RecordRejected
 from chengxin.service import fastpath
 from chengxin.service.checking import RawLines, _check_row, check_chunk, check_lines
 from chengxin.service.policies import read_policy_source
@@ -153,20 +153,8 @@ ODD_ATTRIBUTES = st.sampled_from(
         {"repeat": 1},
     ]
 )
-TOP = [
-    "provider",
-    "ref",
-    "type",
-    "occurred_at",
-    "attributes",
-    "evidence",
-    "retracts",
-    "amends",
-    "reason",
-    "extra",
-    "subject",
-]
-SUBJECT = ["scheme", "id", "kind", "name", "extra"]
+TOP = [*sorted(TOP_LEVEL), "extra"]  # "extra": a field no line may carry
+SUBJECT = [*sorted(SUBJECT_FIELDS), "extra"]
 
 
 @st.composite
