@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from datetime import date
 from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
@@ -159,9 +160,17 @@ class Rule(_Model):
 
     def pct_at(self, occurred: date, as_of: date) -> int:
         """The percentage of points the rule's schedule gives at ``as_of``."""
+        return self.pct_on(self.step_days(occurred), as_of)
+
+    def step_days(self, occurred: date) -> list[date]:
+        """The days the schedule's steps take effect for a record of ``occurred``."""
+        return [step.after.after(occurred) for step in self.schedule]
+
+    def pct_on(self, step_days: Sequence[date], as_of: date) -> int:
+        """:meth:`pct_at`, given the record's :meth:`step_days`: the last step reached."""
         pct = 100
-        for step in self.schedule:
-            if step.after.after(occurred) <= as_of:
+        for step, on in zip(self.schedule, step_days, strict=True):
+            if on <= as_of:
                 pct = step.pct
         return pct
 

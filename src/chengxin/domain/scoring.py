@@ -166,17 +166,14 @@ def score(
         # The days the record occurs, steps down and expires, each computed once.
         occurred = record.occurred_at
         changes.append(occurred)
-        steps = [step.after.after(occurred) for step in rule.schedule]
+        steps = rule.step_days(occurred)
         changes += steps
         expires_on = None if rule.expires is None else rule.expires.after(occurred)
         if expires_on is not None:
             changes.append(expires_on)
         if occurred > as_of or (expires_on is not None and as_of >= expires_on):
             continue
-        pct = 100  # Rule.pct_at: the last step reached by as_of
-        for step, on in zip(rule.schedule, steps, strict=True):
-            if on <= as_of:
-                pct = step.pct
+        pct = rule.pct_on(steps, as_of)
         value = truncate_pct(rule.points, pct)
         total += value
         if explain:
