@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from multiprocessing.pool import AsyncResult, Pool
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
@@ -279,12 +280,8 @@ def _check_raw_rows(
         return len(chunk), rows, []
     _, more, refused = _check_rows(slow, policy, today)
     if more:  # back into line order
-        rows = sorted(rows + more, key=_first)
+        rows = sorted(rows + more, key=itemgetter(0))
     return len(chunk), rows, refused
-
-
-def _first(row: tuple[Any, ...]) -> Any:
-    return row[0]
 
 
 def check_chunk(chunk: RawLines | Sequence[Line], policy: Policy, today: date) -> CheckedLines:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any, ClassVar
 
 import orjson
@@ -40,10 +42,6 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
 
 def _identity(value: Any) -> Any:
     return value
-
-
-def _first(row: Sequence[Any]) -> Any:
-    return row[0]
 
 
 class Bulk:
@@ -371,20 +369,16 @@ def record_facts(session: Session, ids: Sequence[int]) -> dict[int, list[RecordF
 def record_facts_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, list[RecordFact]]:
     """:func:`record_facts` on a :class:`Bulk`."""
     out: dict[int, list[RecordFact]] = {i: [] for i in ids}
-    read_day = bulk.read_day
-    days: dict[Any, date | None] = {}  # records share few distinct days: convert each once
+    read_day = lru_cache(maxsize=None)(bulk.read_day)  # records share few days: each once
     found = bulk.rows_in(
         "SELECT id, subject_id, type, occurred_at, attributes, status FROM records "
         "WHERE status IN ('active', 'disputed') AND subject_id",
         ids,
     )
-    found.sort(key=_first)  # record id order on every backend: reasons list rules in it
+    found.sort(key=itemgetter(0))  # record id order on every backend: reasons list rules in it
     for rid, sid, rtype, occurred, attributes, status in found:
-        day = days.get(occurred)
-        if day is None:
-            day = days[occurred] = read_day(occurred)
         attrs = _attributes(attributes) if attributes != "{}" else {}
-        out[int(sid)].append(RecordFact(int(rid), rtype, day, attrs, status))  # type: ignore[arg-type]
+        out[int(sid)].append(RecordFact(int(rid), rtype, read_day(occurred), attrs, status))  # type: ignore[arg-type]
     return out
 
 
