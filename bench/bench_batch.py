@@ -450,13 +450,19 @@ def main(argv: list[str] | None = None) -> int:
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "load_average": {"start": load_at_start, "end": list(os.getloadavg())},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = args.out / f"batch-{n}-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(report(result))
-    print(f"\nwritten {path.relative_to(ROOT)}")
+    write_result(args.out, f"batch-{n}", result, report(result))
     return 0
+
+
+def write_result(out: Path, name: str, result: dict[str, Any], text: str) -> Path:
+    """Write ``result`` as ``out/<name>-<time>.json``, print ``text`` and where it went."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    path = out / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    print(f"\nwritten {path}")
+    return path
 
 
 def report(result: dict[str, Any]) -> str:

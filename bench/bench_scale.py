@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from bench_batch import (  # noqa: E402
     draw_records,
     subjects_for,
     subjects_table,
+    write_result,
 )
 
 from chengxin.domain.policy import Policy  # noqa: E402
@@ -338,12 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "load_average": {"start": load_at_start, "end": list(os.getloadavg())},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = args.out / f"scale-{n}-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(report(result))
-    print(f"\nwritten {path}")
+    write_result(args.out, f"scale-{n}", result, report(result))
     return 0
 
 

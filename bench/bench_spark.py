@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -31,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_batch import POLICY_PATH, assert_same, canonical, generate  # noqa: E402
+from bench_batch import (  # noqa: E402
+    POLICY_PATH,
+    assert_same,
+    canonical,
+    generate,
+    write_result,
+)
 
 from chengxin.domain.policy import Policy  # noqa: E402
 from chengxin.domain.policy_load import load_policy_text  # noqa: E402
@@ -279,12 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "load_average": {"start": load_at_start, "end": list(os.getloadavg())},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = args.out / f"spark-{n}-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(report(result))
-    print(f"\nwritten {path}")
+    write_result(args.out, f"spark-{n}", result, report(result))
     return 0
 
 
