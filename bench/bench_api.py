@@ -322,20 +322,28 @@ class Cpu:
     def __init__(self, server_pid: int) -> None:
         self.server = psutil.Process(server_pid)
 
-    def _server(self) -> float:
-        total = 0.0
+    def processes(self) -> dict[int, float]:
+        """CPU seconds so far of each of the server's processes, by pid."""
+        out: dict[int, float] = {}
         for p in [self.server, *self.server.children(recursive=True)]:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
+                out[p.pid] = t.user + t.system
             except psutil.NoSuchProcess:
                 pass
-        return total
+        return out
 
     def read(self) -> tuple[float, float]:
         """(this process, the server) in CPU seconds so far."""
         me = resource.getrusage(resource.RUSAGE_SELF)
-        return me.ru_utime + me.ru_stime, self._server()
+        return me.ru_utime + me.ru_stime, sum(self.processes().values())
+
+    def shares(self, before: dict[int, float], seconds: float) -> list[float]:
+        """Cores used by each server process since ``before``, busiest first (how even the
+        workers' loads are)."""
+        after = self.processes()
+        used = [after[pid] - before.get(pid, 0.0) for pid in after]
+        return sorted((round(u / seconds, 2) for u in used if u > 0.01 * seconds), reverse=True)
 
 
 async def closed_loop(
@@ -356,6 +364,7 @@ async def closed_loop(
     statuses: list[int] = []
     nxt = 0
     c0, s0 = cpu.read()
+    per0 = cpu.processes()
     started = time.perf_counter()
     deadline = started + seconds
 
@@ -380,6 +389,7 @@ async def closed_loop(
     _finish(phase, latencies, statuses, elapsed)
     phase.client_cores = round((c1 - c0) / elapsed, 2)
     phase.server_cores = round((s1 - s0) / elapsed, 2)
+    phase.extra["process_cores"] = cpu.shares(per0, elapsed)
     return phase
 
 
@@ -420,6 +430,7 @@ async def open_loop(
         statuses.append(status)
 
     c0, s0 = cpu.read()
+    per0 = cpu.processes()
     started = time.perf_counter()
     n = min(count, int(rate * seconds))
     overloaded = False
@@ -449,6 +460,7 @@ async def open_loop(
     phase.extra.update(overloaded=overloaded, unfinished=unfinished)
     phase.client_cores = round((c1 - c0) / elapsed, 2)
     phase.server_cores = round((s1 - s0) / elapsed, 2)
+    phase.extra["process_cores"] = cpu.shares(per0, elapsed)
     return phase
 
 
@@ -496,6 +508,22 @@ def start_server(db: str, port: int, workers: int, log: Path) -> subprocess.Pope
 
 
 # -- the run ------------------------------------------------------------------
+
+
+def machine_speed() -> float:
+    """Nanoseconds a step of a plain Python loop takes here: how fast this machine is today.
+
+    The same code measured on another day or machine differs by up to 2x on shared
+    cloud cores; compare runs by their ratios to ``/healthz`` or scale by this figure.
+    """
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best / 2_000_000 * 1e9, 1)
 
 
 def ratio(x: float, base: float) -> float:
@@ -637,7 +665,7 @@ def table(phases: list[Phase]) -> str:
     """The Markdown table of a run."""
     rows = [
         "| endpoint | load | conns | requests | req/s | records/s | p50 ms | p99 ms "
-        "| req/s ÷ health | p99 ÷ health | server cores | client cores |",
+        "| req/s ÷ health | p99 ÷ health | server cores (by process) | client cores |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in phases:
@@ -646,10 +674,13 @@ def table(phases: list[Phase]) -> str:
         if p.extra.get("overloaded"):
             load += f" (overloaded: stopped, {p.extra['unfinished']} unfinished)"
         rec = f"{p.records_per_s:,.0f}" if p.records_per_s else ""
+        shares = p.extra.get("process_cores", [])
+        split = "(" + " + ".join(f"{c:.2f}" for c in shares) + ")" if len(shares) > 1 else ""
         rows.append(
             f"| `{p.name}` | {load} | {p.connections} | {p.requests:,} | {p.per_s:,.0f} | {rec} "
             f"| {p.p50_ms:.1f} | {p.p99_ms:.1f} | {ratio(p.per_s, base.per_s):.3f} "
-            f"| {ratio(p.p99_ms, base.p99_ms):.2f} | {p.server_cores:.2f} | {p.client_cores:.2f} |"
+            f"| {ratio(p.p99_ms, base.p99_ms):.2f} | {p.server_cores:.2f} {split} "
+            f"| {p.client_cores:.2f} |"
         )
     return "\n".join(rows)
 
@@ -673,6 +704,7 @@ def main() -> None:
     ap.add_argument("--ingest-people", type=int, default=40_000)
     args = ap.parse_args()
     load_avg = os.getloadavg()
+    speed = machine_speed()
     RESULTS.mkdir(parents=True, exist_ok=True)
     db = args.db or str(RESULTS / f"api-{args.people}.sqlite")
     if args.rebuild or ("://" not in db and not Path(db).exists()):
@@ -703,6 +735,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg_before": load_avg,
+            "python_loop_ns": speed,
         },
         "database": "postgresql" if "://" in db else "sqlite",
         "subjects": int(n_subjects),
@@ -723,7 +756,8 @@ def main() -> None:
     head = (
         f"{n_subjects:,} subjects on {result['database']}, {args.workers} workers, "
         f"{os.cpu_count()} CPUs shared with the load generator; phases bounded by "
-        f"{args.seconds:.0f} s. Server log: {log_lines:,} JSON lines."
+        f"{args.seconds:.0f} s; a Python loop step took {speed} ns (load average "
+        f"{load_avg[0]:.2f}). Server log: {log_lines:,} JSON lines."
     )
     (RESULTS / f"api-{run_id}.md").write_text(head + "\n\n" + md + "\n")
     print(head + "\n\n" + md)

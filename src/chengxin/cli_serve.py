@@ -5,6 +5,8 @@ reads its settings from ``CHENGXIN_*`` environment variables (``--db`` is
 passed on as ``CHENGXIN_DB``). With more than one worker, Prometheus samples
 go to a directory shared by the workers (``PROMETHEUS_MULTIPROC_DIR``: a
 fresh temporary one, removed at exit, unless the variable is set already).
+With more than one worker, each listens on a socket of its own
+(:mod:`chengxin.api.workers`), so the kernel spreads connections evenly.
 Logs are JSON lines on stderr (:mod:`chengxin.api.logging`); uvicorn's own
 access log is off, because it prints raw paths.
 """
@@ -17,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -92,28 +94,38 @@ def serve(
         open_db(db)  # refuses a database that is missing or not initialised (exit 2)
     target = db if "://" in db else str(Path(db).resolve())
     os.environ["CHENGXIN_DB"] = target
+    options: dict[str, Any] = dict(
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=log_config(log_level),
+        log_level=log_level,
+        access_log=False,
+        # Forwarded headers only from proxies named: uvicorn's default trusts
+        # 127.0.0.1 and parses the peer's address on every request to find out.
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        # A worker answers the supervisor's ping only once it has imported
+        # chengxin (seconds on a busy machine); uvicorn's 5 s would kill it first.
+        timeout_worker_healthcheck=30,
+    )
     with metrics_dir(workers):
-        uvicorn.run(
-            APP,
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            log_config=log_config(log_level),
-            log_level=log_level,
-            access_log=False,
-            # Forwarded headers only from proxies named: uvicorn's default trusts
-            # 127.0.0.1 and parses the peer's address on every request to find out.
-            proxy_headers=forwarded_allow_ips is not None,
-            forwarded_allow_ips=forwarded_allow_ips,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-            # A worker answers the supervisor's ping only once it has imported
-            # chengxin (seconds on a busy machine); uvicorn's 5 s would kill it first.
-            timeout_worker_healthcheck=30,
-        )
+        if workers == 1:
+            uvicorn.run(APP, **options)
+            return
+        from chengxin.api.workers import ReusePortWorkers
+
+        config = uvicorn.Config(APP, **options)
+        try:
+            supervisor = ReusePortWorkers(config, target=uvicorn.Server(config).run)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1, as_json=as_json)
+        supervisor.run()
 
 
 def register(app: typer.Typer) -> None:
