@@ -16,8 +16,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chengxin.engine.export import ExportError, ResultsError
+from chengxin.engine.export import ExportError
 from chengxin.engine.plan import PlanError
+from chengxin.engine.results import ResultsError
 from chengxin.service.backtest import Backtest
 
 DbOpt = Annotated[

@@ -13,8 +13,9 @@ import typer
 from rich.table import Table
 
 from chengxin.service.clock import Clock
+from chengxin.service.delivery import DeliveryReport, pump
 from chengxin.service.transport import Transport
-from chengxin.service.webhooks import DeliveryReport, FanOutReport, pump
+from chengxin.service.webhooks import FanOutReport
 
 webhooks_app = typer.Typer(help="Webhook dead letters.", no_args_is_help=True)
 
@@ -135,7 +136,7 @@ def dead_letters(
 ) -> None:
     """List webhook deliveries that used up their attempts, newest event first."""
     from chengxin.cli import emit, guarded, open_db, out
-    from chengxin.service.webhooks import dead_letters as read_dead
+    from chengxin.service.delivery import dead_letters as read_dead
     from chengxin.store.db import transaction
 
     with guarded(as_json):

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_world import City, variant
 
 from chengxin.cli import register_all
-from chengxin.engine.export import rescore_export_duckdb, verify_export
+from chengxin.engine.export import verify_export
+from chengxin.engine.results import rescore_export_duckdb
 
 app = register_all()  # as main() does
 runner = CliRunner()

@@ -24,13 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from batch_world import City, pure_answer, table_answer, variant
 
-from chengxin.engine.export import (
-    Export,
-    export_parquet,
-    read_results,
-    rescore_export_duckdb,
-    verify_export,
-)
+from chengxin.engine.export import Export, export_parquet, verify_export
+from chengxin.engine.results import read_results, rescore_export_duckdb
 from chengxin.service.load_results import ResultsRefused, load_results
 from chengxin.service.policies import add_policy
 from chengxin.store.db import transaction

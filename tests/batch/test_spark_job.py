@@ -26,13 +26,8 @@ from batch_world import City, pure_answer, table_answer
 
 import chengxin.engine.spark_job as spark_job
 from chengxin.cli import register_all
-from chengxin.engine.export import (
-    ExportMismatch,
-    export_parquet,
-    read_results,
-    rescore_export_duckdb,
-    verify_export,
-)
+from chengxin.engine.export import ExportMismatch, export_parquet, verify_export
+from chengxin.engine.results import read_results, rescore_export_duckdb
 from chengxin.service.load_results import ResultsRefused, load_results
 
 # pyspark 4.0.1 leaves the socket it collects through unclosed (pyspark.util._create_local_socket).

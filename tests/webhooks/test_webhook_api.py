@@ -14,9 +14,9 @@ from webhook_world import World
 
 from chengxin.api.app import create_app
 from chengxin.api.settings import Settings
+from chengxin.service.delivery import Backoff
 from chengxin.service.principals import Principal, add_principal, issue_key
 from chengxin.service.transport import FakeTransport
-from chengxin.service.webhooks import Backoff
 from chengxin.store.db import transaction
 
 pytestmark = [pytest.mark.usefixtures("backend"), pytest.mark.timeout(60)]

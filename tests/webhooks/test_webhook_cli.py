@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 from webhook_world import Receiver, World
 
 from chengxin.cli_webhooks import register, run_worker
+from chengxin.service.delivery import Backoff, DeliveryReport
 from chengxin.service.transport import FakeTransport
-from chengxin.service.webhooks import Backoff, DeliveryReport, FanOutReport
+from chengxin.service.webhooks import FanOutReport
 
 pytestmark = [pytest.mark.usefixtures("backend"), pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,15 +12,9 @@ from sqlalchemy import select
 from standardwebhooks import Webhook
 from webhook_world import World
 
+from chengxin.service.delivery import Backoff, NotDead, dead_letters, delivery_counts, retry_dead
 from chengxin.service.errors import NotFound
 from chengxin.service.transport import FakeTransport, TransportError, WebhookRequest
-from chengxin.service.webhooks import (
-    Backoff,
-    NotDead,
-    dead_letters,
-    delivery_counts,
-    retry_dead,
-)
 from chengxin.store.db import transaction
 from chengxin.store.schema import deliveries
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from webhook_world import FLIGHTS, Receiver, World
 
+from chengxin.service.delivery import Backoff
 from chengxin.service.transport import HttpxTransport, WebhookRequest, WebhookResponse
-from chengxin.service.webhooks import Backoff
 
 pytestmark = [pytest.mark.usefixtures("backend"), pytest.mark.timeout(60)]
 

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, insert, update
 from chengxin.domain.policy import Policy
 from chengxin.service import audit
 from chengxin.service.clock import FixedClock
+from chengxin.service.delivery import Backoff, DeliveryReport, deliver_due
 from chengxin.service.principals import Principal, add_principal
 from chengxin.service.transport import (
     SeenMessages,
@@ -20,15 +21,7 @@ from chengxin.service.transport import (
     WebhookRejected,
     verify_webhook,
 )
-from chengxin.service.webhooks import (
-    Backoff,
-    CreatedSubscription,
-    DeliveryReport,
-    FanOutReport,
-    deliver_due,
-    fan_out,
-    subscribe,
-)
+from chengxin.service.webhooks import CreatedSubscription, FanOutReport, fan_out, subscribe
 from chengxin.store.db import transaction
 from chengxin.store.schema import consents
 

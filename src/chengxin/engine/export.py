@@ -1,4 +1,4 @@
-"""The ledger's records as partitioned Parquet with a manifest, and batch results in and out.
+"""The ledger's records as partitioned Parquet with a manifest, for batch engines to score.
 
 An export is what a batch engine on another machine scores: a directory that
 says exactly which ledger state it holds, so that results can be tied back
@@ -24,17 +24,12 @@ sha256. :func:`verify_export` refuses a directory that differs from its
 manifest in any of them. An export is written to a sibling directory and
 renamed into place, so a crash leaves no half export under ``<out>``.
 
-Results are written by a batch job (:mod:`chengxin.engine.spark_job`, or
-:func:`rescore_export_duckdb`) under ``<out>/results`` unless told otherwise:
-``scores/*.parquet``, ``memberships/*.parquet`` and, written last,
-``_SUCCESS.json``, which names the export's ledger head, policy hash, date and
-manifest hash and lists the result files with their rows. A job removes an
-old ``_SUCCESS.json`` before it writes anything, so results without one are
-a job that died or is still running, and :func:`read_results` refuses them.
+Results of a batch job on an export are :mod:`chengxin.engine.results`.
 
 Exports are written to the local disk; they and results are read through
-``pyarrow.fs`` (:class:`Location`), so a job on a cluster can read an export
-copied to an object store (``s3a://``, ``gs://``) as Spark names it.
+``pyarrow.fs`` (:class:`chengxin.engine.location.Location`), so a job on a
+cluster can read an export copied to an object store (``s3a://``,
+``gs://``) as Spark names it.
 """
 
 from __future__ import annotations
@@ -44,26 +39,24 @@ import io
 import json
 import os
 import shutil
-import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from chengxin.domain.policy import Policy
-from chengxin.engine.duckdb_backend import MEMBERSHIPS_SCHEMA, SCORES_SCHEMA, BatchResult
+from chengxin.engine.location import Location, data_files
 from chengxin.engine.plan import RECORD_COLUMNS, attribute_columns
 from chengxin.store.ledger import GENESIS, Head
 
@@ -71,39 +64,25 @@ __all__ = [
     "ARROW_TYPES",
     "EXPORT_FORMAT",
     "PARTITION_SCHEMA",
-    "RESULTS_FORMAT",
     "ROWS_PER_FILE",
     "ROW_GROUP_MAX",
     "ROW_GROUP_MIN",
     "SUBJECTS_SCHEMA",
-    "SUCCESS",
     "Export",
     "ExportError",
     "ExportMismatch",
     "FileEntry",
-    "Location",
     "Manifest",
     "Partition",
-    "Results",
-    "ResultsError",
     "StoreSnapshot",
-    "clear_success",
     "export_parquet",
     "export_schema",
-    "finish_results",
-    "read_results",
-    "rescore_export_duckdb",
     "store_snapshot",
     "verify_export",
-    "write_results",
 ]
 
 EXPORT_FORMAT = "chengxin-export/1"
 """The ``format`` of a manifest this version writes and reads."""
-RESULTS_FORMAT = "chengxin-results/1"
-"""The ``format`` of a ``_SUCCESS.json`` this version writes and reads."""
-SUCCESS = "_SUCCESS.json"
-"""The file a batch job writes last, naming what it scored and what it wrote."""
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "int64": pa.int64(),
@@ -128,7 +107,6 @@ ROW_GROUP_MIN = 1 << 16
 ROW_GROUP_MAX = 1 << 20
 """Rows per row group, at most."""
 _READ_BATCH = 250_000
-_HASH_BLOCK = 1 << 20
 
 
 class ExportError(ValueError):
@@ -139,10 +117,6 @@ class ExportMismatch(ExportError):
     """An export's files do not match its manifest."""
 
 
-class ResultsError(ValueError):
-    """Batch results are missing, unfinished, or do not match their ``_SUCCESS.json``."""
-
-
 def export_schema(attributes: Mapping[str, str]) -> pa.Schema:
     """The Arrow schema of exported records: the plan's columns, then domain and month."""
     columns = {**RECORD_COLUMNS, **attributes}
@@ -151,100 +125,6 @@ def export_schema(attributes: Mapping[str, str]) -> pa.Schema:
 
 
 # -- where files live ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Location:
-    """A directory on the local disk or in an object store, as pyarrow and Spark name it."""
-
-    fs: Any
-    root: str
-    uri: str
-
-    @classmethod
-    def of(cls, where: str | Path) -> Location:
-        """A local path, ``file://…``, or an object-store URI (``s3a://`` is read as ``s3://``)."""
-        text = str(where)
-        if "://" in text and not text.startswith("file://"):
-            scheme, rest = text.split("://", 1)
-            fs, root = pafs.FileSystem.from_uri(
-                ("s3" if scheme == "s3a" else scheme) + "://" + rest
-            )
-            return cls(fs, root.rstrip("/"), text.rstrip("/"))
-        local = os.path.abspath(text.removeprefix("file://"))
-        return cls(pafs.LocalFileSystem(), local, local)
-
-    def child(self, rel: str) -> Location:
-        """A directory under this one."""
-        return Location(self.fs, self.path(rel), f"{self.uri}/{rel}")
-
-    def path(self, rel: str = "") -> str:
-        """The pyarrow path of ``rel``."""
-        return f"{self.root}/{rel}" if rel else self.root
-
-    def spark_path(self, rel: str = "") -> str:
-        """The path of ``rel`` as Spark reads it."""
-        return f"{self.uri}/{rel}" if rel else self.uri
-
-    def exists(self, rel: str = "") -> bool:
-        """Whether a file or directory is there."""
-        return bool(self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)
-
-    def files(self, rel: str) -> list[str]:
-        """Every file under ``rel`` (recursively), relative to this directory, sorted."""
-        selector = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
-        skip = len(self.root) + 1
-        return sorted(
-            info.path[skip:]
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-        )
-
-    def size(self, rel: str) -> int:
-        """A file's size in bytes."""
-        return int(self.fs.get_file_info(self.path(rel)).size)
-
-    def sha256(self, rel: str) -> str:
-        """A file's sha256, read in blocks."""
-        digest = hashlib.sha256()
-        with self.fs.open_input_stream(self.path(rel)) as stream:
-            while block := stream.read(_HASH_BLOCK):
-                digest.update(block)
-        return digest.hexdigest()
-
-    def parquet_rows(self, rel: str) -> int:
-        """Rows in a Parquet file, from its footer."""
-        with self.fs.open_input_file(self.path(rel)) as handle:
-            return int(pq.ParquetFile(handle).metadata.num_rows)
-
-    def read_text(self, rel: str) -> str:
-        """A text file's contents."""
-        with self.fs.open_input_stream(self.path(rel)) as stream:
-            return bytes(stream.read()).decode("utf-8")
-
-    def write_text(self, rel: str, text: str) -> None:
-        """Write a text file (object stores write it whole on close)."""
-        with self.fs.open_output_stream(self.path(rel)) as stream:
-            stream.write(text.encode("utf-8"))
-
-    def delete(self, rel: str) -> None:
-        """Remove a file or directory if it is there."""
-        info = self.fs.get_file_info(self.path(rel))
-        if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(self.path(rel))
-        elif info.type == pafs.FileType.File:
-            self.fs.delete_file(self.path(rel))
-
-
-def _data_files(where: Location, rel: str) -> list[str]:
-    """The files under ``rel`` that readers read: Spark's markers and checksums, and any
-    other name starting with ``_`` or ``.``, aside (Spark and pyarrow skip those too)."""
-    return [p for p in where.files(rel) if not any(s[:1] in "._" for s in p.split("/"))]
-
-
-def _parquet_parts(where: Location, rel: str) -> list[str]:
-    """The Parquet files under ``rel``."""
-    return [p for p in _data_files(where, rel) if p.endswith(".parquet")]
 
 
 # -- the manifest ------------------------------------------------------------------------------
@@ -776,7 +656,7 @@ def verify_export(where: str | Path, *, hashes: bool = True) -> Export:
     except json.JSONDecodeError as exc:
         raise ExportError(f"{loc.uri}/manifest.json is not JSON: {exc}") from None
     listed = {f.path: f for f in manifest.files()}
-    present = set(_data_files(loc, "records")) | set(_data_files(loc, "subjects"))
+    present = set(data_files(loc, "records")) | set(data_files(loc, "subjects"))
     if loc.exists("policy.json"):
         present.add("policy.json")
     for path in sorted(listed):
@@ -819,211 +699,3 @@ def _check_file(loc: Location, f: FileEntry, *, hashes: bool) -> None:
             ) from None
         if rows != f.rows:
             raise ExportMismatch(f"{loc.uri}: {f.path} has {rows} rows, the manifest says {f.rows}")
-
-
-# -- results -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Results:
-    """Finished batch results, as their ``_SUCCESS.json`` describes them."""
-
-    where: Location
-    engine: str
-    head: Head
-    policy_label: str
-    policy_hash: str
-    as_of: date
-    manifest_sha256: str
-    started_at: datetime
-    finished_at: datetime
-    scores: tuple[FileEntry, ...]
-    memberships: tuple[FileEntry, ...]
-
-    @property
-    def scores_rows(self) -> int:
-        """Subjects scored."""
-        return sum(f.rows or 0 for f in self.scores)
-
-    @property
-    def memberships_rows(self) -> int:
-        """List memberships held."""
-        return sum(f.rows or 0 for f in self.memberships)
-
-    def as_json(self) -> dict[str, Any]:
-        """The ``_SUCCESS.json`` form."""
-        return {
-            "format": RESULTS_FORMAT,
-            "engine": self.engine,
-            "ledger_head": {"seq": self.head.seq, "entry_hash": self.head.entry_hash},
-            "policy": {"label": self.policy_label, "content_hash": self.policy_hash},
-            "as_of": self.as_of.isoformat(),
-            "manifest_sha256": self.manifest_sha256,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat(),
-            "scores": {"rows": self.scores_rows, "files": [f.as_json() for f in self.scores]},
-            "memberships": {
-                "rows": self.memberships_rows,
-                "files": [f.as_json() for f in self.memberships],
-            },
-        }
-
-    def tables(self) -> tuple[pa.Table, pa.Table]:
-        """Scores and memberships as Arrow tables in the batch engines' schemas."""
-        out = []
-        for files, schema in ((self.scores, SCORES_SCHEMA), (self.memberships, MEMBERSHIPS_SCHEMA)):
-            parts = []
-            for f in files:
-                with self.where.fs.open_input_file(self.where.path(f.path)) as handle:
-                    parts.append(pq.read_table(handle).select(schema.names).cast(schema))
-            out.append(pa.concat_tables(parts) if parts else schema.empty_table())
-        return out[0], out[1]
-
-
-def clear_success(where: Location) -> None:
-    """Remove an earlier run's ``_SUCCESS.json``: a job does this before it writes anything."""
-    where.delete(SUCCESS)
-
-
-def finish_results(
-    where: Location,
-    *,
-    export: Export,
-    engine: str,
-    as_of: date,
-    started_at: datetime,
-    finished_at: datetime,
-) -> Results:
-    """Write ``_SUCCESS.json`` for the result files as they now are, last; return it."""
-    results = Results(
-        where=where,
-        engine=engine,
-        head=export.manifest.head,
-        policy_label=export.manifest.policy_label,
-        policy_hash=export.manifest.policy_hash,
-        as_of=as_of,
-        manifest_sha256=export.manifest_sha256,
-        started_at=started_at,
-        finished_at=finished_at,
-        scores=tuple(_result_file(where, p) for p in _parquet_parts(where, "scores")),
-        memberships=tuple(_result_file(where, p) for p in _parquet_parts(where, "memberships")),
-    )
-    where.write_text(SUCCESS, json.dumps(results.as_json(), indent=1) + "\n")
-    return results
-
-
-def _result_file(where: Location, path: str) -> FileEntry:
-    return FileEntry(path=path, bytes=where.size(path), rows=where.parquet_rows(path))
-
-
-def read_results(where: str | Path | Location) -> Results:
-    """Finished results at ``where``, checked against their ``_SUCCESS.json``.
-
-    Refused with :class:`ResultsError` when there is no ``_SUCCESS.json`` (the
-    job died or is still running), or a result file is missing, unlisted, or
-    holds another number of rows or bytes than it says.
-    """
-    loc = where if isinstance(where, Location) else Location.of(where)
-    if not loc.exists(SUCCESS):
-        raise ResultsError(
-            f"{loc.uri} has no {SUCCESS}: the batch job did not finish (it died, or is still "
-            "running); nothing was loaded; run the job again"
-        )
-    try:
-        data = json.loads(loc.read_text(SUCCESS))
-        if data.get("format") != RESULTS_FORMAT:
-            raise ResultsError(
-                f"{loc.uri}/{SUCCESS} has format {data.get('format')!r}; this chengxin reads "
-                f"{RESULTS_FORMAT!r}"
-            )
-        results = Results(
-            where=loc,
-            engine=str(data["engine"]),
-            head=Head(int(data["ledger_head"]["seq"]), str(data["ledger_head"]["entry_hash"])),
-            policy_label=str(data["policy"]["label"]),
-            policy_hash=str(data["policy"]["content_hash"]),
-            as_of=date.fromisoformat(data["as_of"]),
-            manifest_sha256=str(data["manifest_sha256"]),
-            started_at=datetime.fromisoformat(data["started_at"]),
-            finished_at=datetime.fromisoformat(data["finished_at"]),
-            scores=tuple(FileEntry.from_json(f) for f in data["scores"]["files"]),
-            memberships=tuple(FileEntry.from_json(f) for f in data["memberships"]["files"]),
-        )
-        stated = (int(data["scores"]["rows"]), int(data["memberships"]["rows"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, ResultsError):
-            raise
-        raise ResultsError(
-            f"{loc.uri}/{SUCCESS} is malformed: {type(exc).__name__}: {exc}"
-        ) from None
-    if stated != (results.scores_rows, results.memberships_rows):
-        raise ResultsError(
-            f"{loc.uri}/{SUCCESS} says {stated[0]} scores and {stated[1]} memberships but lists "
-            f"files of {results.scores_rows} and {results.memberships_rows} rows"
-        )
-    for part, files in (("scores", results.scores), ("memberships", results.memberships)):
-        listed = {f.path for f in files}
-        present = set(_data_files(loc, part))
-        for path in sorted(listed - present):
-            raise ResultsError(f"{loc.uri}: {path} is listed in {SUCCESS} but missing")
-        for path in sorted(present - listed):
-            raise ResultsError(f"{loc.uri}: {path} was not written by the job that finished")
-        for f in files:
-            rows = loc.parquet_rows(f.path)
-            if rows != f.rows or loc.size(f.path) != f.bytes:
-                raise ResultsError(
-                    f"{loc.uri}: {f.path} holds {rows} rows, {SUCCESS} says {f.rows}: the "
-                    "results were changed after the job finished"
-                )
-    return results
-
-
-def write_results(
-    result: BatchResult,
-    where: Location,
-    *,
-    export: Export,
-    engine: str,
-    started_at: datetime,
-    finished_at: datetime,
-) -> Results:
-    """Write an in-process engine's result as batch results of ``export``."""
-    clear_success(where)
-    for part, table in (("scores", result.scores), ("memberships", result.memberships)):
-        where.delete(part)
-        where.fs.create_dir(where.path(part), recursive=True)
-        with where.fs.open_output_stream(where.path(f"{part}/part-0.parquet")) as stream:
-            pq.write_table(table, stream)
-    return finish_results(
-        where,
-        export=export,
-        engine=engine,
-        as_of=result.as_of,
-        started_at=started_at,
-        finished_at=finished_at,
-    )
-
-
-def rescore_export_duckdb(
-    export: Export,
-    *,
-    now: datetime,
-    results: str | Path | None = None,
-    as_of: date | None = None,
-    con: Any | None = None,
-) -> Results:
-    """Score an export with DuckDB in process and write its results as a batch job would."""
-    import ibis
-
-    from chengxin.engine.duckdb_backend import rescore_duckdb
-
-    started = time.perf_counter()
-    where = export.results(results)
-    clear_success(where)
-    day = as_of or export.manifest.as_of
-    records, subjects = ibis.memtable(export.records()), ibis.memtable(export.subjects())
-    result = rescore_duckdb(export.policy(), records, subjects, day, con=con)
-    finished = now + timedelta(seconds=time.perf_counter() - started)
-    return write_results(
-        result, where, export=export, engine="duckdb", started_at=now, finished_at=finished
-    )

@@ -37,16 +37,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from chengxin.engine.export import (
-    Export,
-    ExportError,
-    Results,
-    ResultsError,
-    clear_success,
-    finish_results,
-    verify_export,
-)
+from chengxin.engine.export import Export, ExportError, verify_export
 from chengxin.engine.plan import PlanError
+from chengxin.engine.results import Results, ResultsError, clear_success, finish_results
 from chengxin.engine.spark_backend import local_session, spark_engine, write_plan
 
 __all__ = ["main", "run_job"]

@@ -39,14 +39,9 @@ import pyarrow as pa
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from chengxin.engine.export import (
-    SUCCESS,
-    Location,
-    Results,
-    ResultsError,
-    export_parquet,
-    read_results,
-)
+from chengxin.engine.export import export_parquet
+from chengxin.engine.location import Location
+from chengxin.engine.results import SUCCESS, Results, ResultsError, read_results
 from chengxin.service.clock import Clock
 from chengxin.service.errors import Invalid
 from chengxin.service.policies import active_policy

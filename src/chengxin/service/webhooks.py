@@ -1,4 +1,4 @@
-"""Webhooks: subscriptions, fan-out from the outbox, signed delivery with back-off, dead letters.
+"""Webhooks: subscriptions, and fan-out from the outbox to the services entitled to hear.
 
 Who learns what (hard line 6, least disclosure), written once:
 
@@ -18,49 +18,35 @@ Who learns what (hard line 6, least disclosure), written once:
    that, a subscription to ``measure.changed`` gets it as ``measure.changed``;
    otherwise nothing is sent. Services cannot subscribe to ``grade.changed``.
 
-Rules 1 and 3 are checked again before every attempt: a revoked subscription,
-principal or consent cancels what is still pending.
+Rules 1 and 3 are checked again before every delivery attempt
+(:mod:`chengxin.service.delivery`): a revoked subscription, principal or
+consent cancels what is still pending.
 
 The outbox columns, as webhooks use them: ``delivered_at`` is the instant the
 row was fanned out (its deliveries were created in the same transaction),
 ``attempts`` counts the fan-out passes that claimed it (so 1), and
 ``next_attempt_at`` is when it may be fanned out (NULL once it has been).
-
-Delivery is at least once. An attempt first commits its claim -- attempt
-counted, the next attempt already scheduled -- then posts outside any
-transaction, then commits the answer; a crash in between leaves the delivery
-pending and due again at the scheduled time, never lost and never marked
-twice (the answer is recorded only against the attempt that claimed it). The
-message id is stable across attempts, so receivers deduplicate on it.
-Messages are signed as Standard Webhooks specifies, by the
-``standardwebhooks`` package (see :mod:`chengxin.service.transport`, which
-also holds the receiver's check).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
-from sqlalchemy import CursorResult, Engine, Update, func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from chengxin.domain.decisions import outcome
 from chengxin.domain.policy import Measure, Policy
-from chengxin.service import audit
-from chengxin.service.clock import Clock
-from chengxin.service.errors import Invalid, NotFound, NotRegistered, ServiceError
+from chengxin.service.errors import Invalid, NotFound, NotRegistered
 from chengxin.service.policies import active_policy, get_policy
 from chengxin.service.principals import Principal
-from chengxin.service.transport import Transport, TransportError, WebhookRequest, sign
-from chengxin.store.db import transaction
 from chengxin.store.schema import (
     audit_events,
     consents,
@@ -100,12 +86,6 @@ class UrlInvalid(Invalid):
     code = "url_invalid"
 
 
-class NotDead(ServiceError):
-    """Only a dead delivery can be retried by hand."""
-
-    code = "delivery_not_dead"
-
-
 # ----------------------------------------------------------- subscriptions
 
 
@@ -134,8 +114,8 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite gives back naive datetimes; every stored instant is UTC.
+def as_utc(value: datetime) -> datetime:
+    """A stored instant as an aware UTC datetime (SQLite gives them back naive)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -175,8 +155,8 @@ def _subscription(row: Any) -> Subscription:
         principal_id=int(row.principal_id),
         url=row.url,
         topics=tuple(json.loads(row.topics)),
-        created_at=_utc(row.created_at),
-        revoked_at=_utc(row.revoked_at) if row.revoked_at is not None else None,
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at) if row.revoked_at is not None else None,
     )
 
 
@@ -249,22 +229,27 @@ def unsubscribe(
 
 
 @dataclass(frozen=True, slots=True)
-class _Receiver:
+class Receiver:
+    """An active subscription of an active service principal (rule 1)."""
+
     subscription_id: int
     principal: Principal
     topics: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
-class _Event:
+class OutboxEvent:
+    """An outbox row as fan-out and delivery read it."""
+
     topic: str
     subject_id: int
     created_at: datetime
     data: Mapping[str, Any]
 
     @classmethod
-    def of(cls, row: Any) -> _Event:
-        return cls(row.topic, int(row.subject_id), _utc(row.created_at), json.loads(row.payload))
+    def of(cls, row: Any) -> OutboxEvent:
+        """From a row with the outbox's topic, subject_id, created_at and payload."""
+        return cls(row.topic, int(row.subject_id), as_utc(row.created_at), json.loads(row.payload))
 
 
 def registered_measures(policy: Policy, service: Principal) -> list[Measure]:
@@ -276,7 +261,7 @@ def registered_measures(policy: Policy, service: Principal) -> list[Measure]:
     ]
 
 
-def _changes(policy: Policy, event: _Event, measures: list[Measure]) -> list[dict[str, str]]:
+def _changes(policy: Policy, event: OutboxEvent, measures: list[Measure]) -> list[dict[str, str]]:
     """Each measure whose decision the event changes, with the decision before and after."""
     out = []
     for m in measures:
@@ -301,10 +286,10 @@ def _changes(policy: Policy, event: _Event, measures: list[Measure]) -> list[dic
     return out
 
 
-def _message(
+def compose_message(
     policy: Policy,
-    event: _Event,
-    receiver: _Receiver,
+    event: OutboxEvent,
+    receiver: Receiver,
     *,
     consented: set[str],
     subject: tuple[str, str],
@@ -331,13 +316,14 @@ def _message(
     return topic, {"type": topic, "timestamp": stamp, "data": data}
 
 
-class _Policies:
+class PolicyCache:
     """Policies by label, parsed once (an event names the policy that raised it)."""
 
     def __init__(self) -> None:
         self._by_label: dict[str, Policy] = {}
 
     def get(self, session: Session, label: str | None) -> Policy:
+        """The policy ``label`` names (the active one if it names none that is stored)."""
         key = label or ""
         if key not in self._by_label:
             try:
@@ -350,9 +336,10 @@ class _Policies:
         return self._by_label[key]
 
 
-def _receivers(
+def active_receivers(
     session: Session, *, now: datetime, subscription_ids: Sequence[int] = ()
-) -> list[_Receiver]:
+) -> list[Receiver]:
+    """The receivers rule 1 allows now (of these subscriptions, if any are named)."""
     stmt = (
         select(subscriptions.c.id.label("subscription_id"), subscriptions.c.topics, principals)
         .join(principals, principals.c.id == subscriptions.c.principal_id)
@@ -368,7 +355,7 @@ def _receivers(
     if subscription_ids:
         stmt = stmt.where(subscriptions.c.id.in_(list(subscription_ids)))
     return [
-        _Receiver(
+        Receiver(
             int(r.subscription_id),
             Principal(
                 id=int(r.id),
@@ -400,7 +387,8 @@ def _consulted(session: Session, subject_ids: Sequence[int], names: Sequence[str
     return {(int(r.subject_id), r.principal) for r in rows}
 
 
-def _consents(session: Session, subject_ids: Sequence[int]) -> dict[int, set[str]]:
+def consents_by_subject(session: Session, subject_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The measures each subject has a consent to that is not revoked (rule 3)."""
     out: dict[int, set[str]] = {}
     if not subject_ids:
         return out
@@ -414,7 +402,10 @@ def _consents(session: Session, subject_ids: Sequence[int]) -> dict[int, set[str
     return out
 
 
-def _identifiers(session: Session, subject_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+def identifiers_by_subject(
+    session: Session, subject_ids: Sequence[int]
+) -> dict[int, tuple[str, str]]:
+    """Each subject's (scheme, identifier), which a message names (rule 4)."""
     if not subject_ids:
         return {}
     rows = session.execute(
@@ -473,7 +464,7 @@ def fan_out(session: Session, *, now: datetime, limit: int = 500) -> FanOutRepor
         ).scalars()
     )
     report.events = len(claimed)
-    receivers = _receivers(session, now=now)
+    receivers = active_receivers(session, now=now)
     if not claimed or not receivers:
         return report
     rows = session.execute(
@@ -481,19 +472,19 @@ def fan_out(session: Session, *, now: datetime, limit: int = 500) -> FanOutRepor
     ).all()
     sids = sorted({int(r.subject_id) for r in rows if r.subject_id is not None})
     consulted = _consulted(session, sids, [r.principal.name for r in receivers])
-    consented = _consents(session, sids)
-    idents = _identifiers(session, sids)
-    pols = _Policies()
+    consented = consents_by_subject(session, sids)
+    idents = identifiers_by_subject(session, sids)
+    pols = PolicyCache()
     new: list[dict[str, Any]] = []
     for row in rows:
         if row.subject_id is None:
             continue
-        event = _Event.of(row)
+        event = OutboxEvent.of(row)
         policy = pols.get(session, event.data.get("policy"))
         for rec in receivers:
             if (event.subject_id, rec.principal.name) not in consulted:
                 continue
-            msg = _message(
+            msg = compose_message(
                 policy,
                 event,
                 rec,
@@ -509,302 +500,3 @@ def fan_out(session: Session, *, now: datetime, limit: int = 500) -> FanOutRepor
         )
     report.deliveries = len(new)
     return report
-
-
-# ----------------------------------------------------------------- delivery
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """When to try again: ``base`` × 2^(attempt−1), capped, half of it jittered; then dead.
-
-    The jitter is "equal jitter" (half the delay fixed, half uniform) so the
-    schedule always grows while retries from many deliveries spread out. It is
-    drawn from a hash of the message id and attempt number: deterministic, and
-    the same on every worker.
-    """
-
-    base: timedelta = timedelta(seconds=30)
-    cap: timedelta = timedelta(hours=1)
-    max_attempts: int = 8
-
-    def delay(self, message_id: str, attempt: int) -> timedelta:
-        """How long to wait after failed attempt ``attempt`` (1-based)."""
-        ceiling = min(self.cap, self.base * (1 << max(0, attempt - 1)))
-        digest = hashlib.sha256(f"{message_id}:{attempt}".encode()).digest()
-        fraction = int.from_bytes(digest[:8], "big") / 2**64
-        half = ceiling / 2
-        return half + half * fraction
-
-
-@dataclass
-class DeliveryReport:
-    """What one delivery pass did."""
-
-    attempted: int = 0
-    delivered: int = 0
-    failed: int = 0  # will be retried
-    dead: int = 0
-    cancelled: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """JSON-able form."""
-        return dict(asdict(self))
-
-
-def _changed(session: Session, stmt: Update) -> int:
-    """Execute an UPDATE and return how many rows it changed (0: someone else got there)."""
-    return int(cast(CursorResult[Any], session.execute(stmt)).rowcount)
-
-
-def _body(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    delivery_id: int
-    attempt: int
-    request: WebhookRequest | None = None  # None: cancelled or dead at claim time
-    outcome: str | None = None
-    to: Principal | None = None
-    subject_id: int | None = None
-    body: Mapping[str, Any] | None = None
-
-
-def _claim(
-    session: Session, delivery_id: int, *, now: datetime, backoff: Backoff, pols: _Policies
-) -> _Claim | None:
-    """Count and schedule the next attempt of a due delivery and build its request."""
-    row = session.execute(
-        select(deliveries, subscriptions.c.url, subscriptions.c.secret, outbox.c.topic)
-        .add_columns(outbox.c.subject_id, outbox.c.created_at, outbox.c.payload)
-        .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
-        .join(outbox, outbox.c.id == deliveries.c.outbox_id)
-        .where(deliveries.c.id == delivery_id)
-    ).first()
-    if (
-        row is None
-        or row.status != PENDING
-        or row.next_attempt_at is None
-        or _utc(row.next_attempt_at) > now
-    ):
-        return None  # another worker took it
-    guard = (
-        deliveries.c.id == delivery_id,
-        deliveries.c.status == PENDING,
-        deliveries.c.attempts == row.attempts,
-    )
-
-    def finish(status: str, error: str) -> _Claim | None:
-        done = _changed(
-            session,
-            update(deliveries)
-            .where(*guard)
-            .values(status=status, next_attempt_at=None, last_error=error),
-        )
-        return _Claim(delivery_id, int(row.attempts), outcome=status) if done else None
-
-    if row.attempts >= backoff.max_attempts:
-        return finish(DEAD, f"no answer recorded for attempt {row.attempts} (worker stopped)")
-    active = _receivers(session, now=now, subscription_ids=[int(row.subscription_id)])
-    if not active:
-        return finish(CANCELLED, "subscription or service principal no longer active")
-    rec = active[0]
-    event = _Event.of(row)
-    sid = event.subject_id
-    msg = _message(
-        pols.get(session, event.data.get("policy")),
-        event,
-        rec,
-        consented=_consents(session, [sid]).get(sid, set()),
-        subject=_identifiers(session, [sid])[sid],
-    )
-    if msg is None:
-        return finish(CANCELLED, "nothing left to disclose (consent revoked)")
-    attempt = int(row.attempts) + 1
-    claimed = _changed(
-        session,
-        update(deliveries)
-        .where(*guard)
-        .values(attempts=attempt, next_attempt_at=now + backoff.delay(row.message_id, attempt)),
-    )
-    if not claimed:
-        return None
-    body = _body(msg[1])
-    headers = sign(row.secret, message_id=row.message_id, at=now, body=body)
-    request = WebhookRequest(row.url, headers, body.encode())
-    return _Claim(delivery_id, attempt, request, to=rec.principal, subject_id=sid, body=msg[1])
-
-
-def _record(
-    session: Session, claim: _Claim, *, error: str | None, now: datetime, backoff: Backoff
-) -> str:
-    """Store the answer to a claimed attempt; returns the status it leaves."""
-    guard = (
-        deliveries.c.id == claim.delivery_id,
-        deliveries.c.status == PENDING,
-        deliveries.c.attempts == claim.attempt,
-    )
-    if error is None:
-        values: dict[str, Any] = {
-            "status": DELIVERED,
-            "delivered_at": now,
-            "next_attempt_at": None,
-            "last_error": None,
-        }
-    elif claim.attempt >= backoff.max_attempts:
-        values = {"status": DEAD, "next_attempt_at": None, "last_error": error}
-    else:
-        values = {"last_error": error}  # the next attempt was scheduled by the claim
-    done = _changed(session, update(deliveries).where(*guard).values(**values))
-    if not done:
-        return "stale"
-    if error is None and claim.to is not None and claim.body is not None:
-        # What the service learnt, without the identifier (audit details hold no personal data).
-        data = claim.body["data"]
-        audit.record(
-            session,
-            principal=claim.to,
-            action=DISCLOSED,
-            purpose="webhook subscription",
-            subject_id=claim.subject_id,
-            detail={
-                "topic": claim.body["type"],
-                "list": data.get("list"),
-                "measures": [dict(m) for m in data["measures"]],
-                "delivery": claim.delivery_id,
-            },
-            now=now,
-        )
-    return str(values.get("status", PENDING))
-
-
-def deliver_due(
-    engine: Engine,
-    *,
-    transport: Transport,
-    clock: Clock,
-    limit: int = 100,
-    backoff: Backoff | None = None,
-) -> DeliveryReport:
-    """Attempt up to ``limit`` due deliveries, each claim and each answer in its own transaction."""
-    backoff = backoff or Backoff()
-    report = DeliveryReport()
-    pols = _Policies()
-    with transaction(engine) as session:
-        due = [
-            int(i)
-            for i in session.execute(
-                select(deliveries.c.id)
-                .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= clock.now())
-                .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-                .limit(limit)
-            ).scalars()
-        ]
-    for delivery_id in due:
-        with transaction(engine) as session:
-            claim = _claim(session, delivery_id, now=clock.now(), backoff=backoff, pols=pols)
-        if claim is None:
-            continue
-        if claim.request is None:
-            report.dead += claim.outcome == DEAD
-            report.cancelled += claim.outcome == CANCELLED
-            continue
-        report.attempted += 1
-        try:
-            answer = transport.send(claim.request)
-            error = None if answer.ok else f"HTTP {answer.status}: {answer.body[:200]}"
-        except TransportError as exc:
-            error = str(exc)[:500]
-        with transaction(engine) as session:
-            status = _record(session, claim, error=error, now=clock.now(), backoff=backoff)
-        report.delivered += status == DELIVERED
-        report.failed += status == PENDING
-        report.dead += status == DEAD
-    return report
-
-
-def pump(
-    engine: Engine,
-    *,
-    transport: Transport,
-    clock: Clock,
-    limit: int = 100,
-    backoff: Backoff | None = None,
-) -> tuple[FanOutReport, DeliveryReport]:
-    """One pass of the delivery worker: fan out new events, then attempt what is due."""
-    with transaction(engine) as session:
-        fanned = fan_out(session, now=clock.now(), limit=max(limit, 500))
-    sent = deliver_due(engine, transport=transport, clock=clock, limit=limit, backoff=backoff)
-    return fanned, sent
-
-
-# ------------------------------------------------------------- dead letters
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A delivery that used up its attempts: for operators (it names the service and URL)."""
-
-    id: int
-    message_id: str
-    subscription_id: int
-    service: str
-    url: str
-    event: str
-    outbox_id: int
-    attempts: int
-    last_error: str | None
-    event_at: datetime
-
-
-def dead_letters(session: Session, *, limit: int = 100) -> list[DeadLetter]:
-    """Dead deliveries, newest event first."""
-    rows = session.execute(
-        select(deliveries, principals.c.name, subscriptions.c.url, outbox.c.topic)
-        .add_columns(outbox.c.created_at)
-        .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
-        .join(principals, principals.c.id == subscriptions.c.principal_id)
-        .join(outbox, outbox.c.id == deliveries.c.outbox_id)
-        .where(deliveries.c.status == DEAD)
-        .order_by(outbox.c.created_at.desc(), deliveries.c.id.desc())
-        .limit(limit)
-    )
-    return [
-        DeadLetter(
-            id=int(r.id),
-            message_id=r.message_id,
-            subscription_id=int(r.subscription_id),
-            service=r.name,
-            url=r.url,
-            event=r.topic,
-            outbox_id=int(r.outbox_id),
-            attempts=int(r.attempts),
-            last_error=r.last_error,
-            event_at=_utc(r.created_at),
-        )
-        for r in rows
-    ]
-
-
-def retry_dead(session: Session, *, delivery_id: int, now: datetime) -> None:
-    """Give a dead delivery a fresh round of attempts, the first one now (same message id)."""
-    status = session.execute(
-        select(deliveries.c.status).where(deliveries.c.id == delivery_id)
-    ).scalar_one_or_none()
-    if status is None:
-        raise NotFound(f"no delivery {delivery_id}")
-    if status != DEAD:
-        raise NotDead(f"delivery {delivery_id} is {status}, not dead")
-    session.execute(
-        update(deliveries)
-        .where(deliveries.c.id == delivery_id, deliveries.c.status == DEAD)
-        .values(status=PENDING, attempts=0, next_attempt_at=now)
-    )
-
-
-def delivery_counts(session: Session) -> dict[str, int]:
-    """Deliveries by status."""
-    rows = session.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status))
-    return {str(r[0]): int(r[1]) for r in rows}

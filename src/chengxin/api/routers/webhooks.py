@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chengxin.api.deps import JSON, DbSession, GuardedRoute, Now, accepts, error_responses, require
 from chengxin.api.errors import ApiError
-from chengxin.service import audit
+from chengxin.service import audit, delivery
 from chengxin.service import webhooks as hooks
 from chengxin.service.principals import Principal
 
@@ -170,7 +170,7 @@ def read_dead_letters(
             last_error=d.last_error,
             event_at=d.event_at,
         )
-        for d in hooks.dead_letters(session, limit=limit)
+        for d in delivery.dead_letters(session, limit=limit)
     ]
 
 
@@ -187,8 +187,8 @@ def retry_dead_letter(
 ) -> RetryRead:
     """Queue a dead delivery for a fresh round of attempts (409 ``delivery_not_dead`` otherwise)."""
     try:
-        hooks.retry_dead(session, delivery_id=delivery_id, now=clock.now())
-    except hooks.NotDead as exc:
+        delivery.retry_dead(session, delivery_id=delivery_id, now=clock.now())
+    except delivery.NotDead as exc:
         raise ApiError(409, exc.code, str(exc)) from None
     audit.record(
         session,
