@@ -52,7 +52,8 @@ def test_concurrent_events_are_committed_in_batches_and_the_chain_verifies(
     known = parse_identifier("cn-rid", rid(1))  # the subject principal's row exists
     unknown = parse_identifier("cn-rid", rid(777))
     # A long wait gathers all 50 submissions; at most 20 go in one transaction.
-    writer = AuditWriter(engine, max_batch=20, wait=timedelta(seconds=5))
+    observed: list[int] = []
+    writer = AuditWriter(engine, max_batch=20, wait=timedelta(seconds=5), observer=observed.append)
 
     async def submit_all() -> list[int]:
         return await asyncio.gather(
@@ -68,6 +69,7 @@ def test_concurrent_events_are_committed_in_batches_and_the_chain_verifies(
         writer.close()
     assert seqs == list(range(1, 51))  # submission order is chain order
     assert (writer.batches, writer.events) == (3, 50)
+    assert observed == [20, 20, 10]  # what the metric chengxin_audit_batch_events is told
     stored = rows(audit_events)
     assert [e.purpose for e in stored] == [f"booking {n}" for n in range(50)]
     assert {e.subject_id is None for e in stored[0::2]} == {True}

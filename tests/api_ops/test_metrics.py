@@ -105,6 +105,9 @@ def test_checks_are_counted_by_decision(
     measure = "transport.flight_booking"
     assert sample_sum(text, "chengxin_checks_total", measure=measure, decision="deny") == 1
     assert sample_sum(text, "chengxin_checks_total", measure=measure, decision="allow") == 1
+    # each check's audit event was committed by the worker's audit writer, and counted
+    assert sample_sum(text, "chengxin_audit_batch_events_count") >= 1
+    assert sample_sum(text, "chengxin_audit_batch_events_sum") == 2
 
 
 def test_ingested_lines_are_counted_by_status(

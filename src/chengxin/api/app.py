@@ -68,6 +68,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.sessions = session_factory(engine)
     errors.install(app)
+    measured = metrics.install(app)  # before the routers' shared state, which reports to it
     from chengxin.api.routers import include_all
 
     include_all(app)
@@ -75,7 +76,7 @@ def create_app(
 
     app.include_router(pages.router)
     app.include_router(console.router)
-    middleware.install(app, metrics.install(app))
+    middleware.install(app, measured)
     return app
 
 

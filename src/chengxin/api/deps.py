@@ -157,6 +157,7 @@ def install(app: FastAPI) -> APIRouter:
             runtime.engine,
             max_batch=settings.audit_batch_max,
             wait=timedelta(milliseconds=settings.audit_batch_wait_ms),
+            observer=app.state.metrics.audit_batch.observe,
         ),
         decide_on_writer=runtime.engine.dialect.name == "sqlite",
     )

@@ -8,6 +8,9 @@ What is measured, and the labels (bounded sets, never identifiers):
 * ``chengxin_checks_total{measure, decision}``: decisions given to services;
 * ``chengxin_records_ingested_total{status}``: lines submitted over the API,
   as ``accepted``, ``duplicate`` or ``rejected``;
+* ``chengxin_audit_batch_events``: how many audit events each group commit
+  of a worker's audit writer held (:mod:`chengxin.service.audit_writer`):
+  batches of one under load mean each check pays a commit of its own;
 * ``chengxin_outbox_lag_seconds{stage}``: computed when scraped, the age of
   the oldest outbox event not yet fanned out (``stage="fanout"``) and of the
   oldest event with a webhook delivery still pending (``stage="delivery"``);
@@ -73,6 +76,8 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+AUDIT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Events per audit group commit (the writer takes 256 at most by default)."""
 INGEST_STATUSES = ("accepted", "duplicate", "rejected")
 """The statuses ``chengxin_records_ingested_total`` counts."""
 
@@ -138,6 +143,8 @@ class Metrics:
     """``chengxin_checks_total{measure, decision}``."""
     records: Counter
     """``chengxin_records_ingested_total{status}``."""
+    audit_batch: Histogram
+    """``chengxin_audit_batch_events``: events per audit group commit."""
     outbox_lag: OutboxLagCollector
     """``chengxin_outbox_lag_seconds{stage}``, computed at scrape time."""
     multiprocess_dir: str | None
@@ -185,6 +192,12 @@ def build(engine: Engine, clock: Clock, *, multiprocess_dir: str | None = None) 
             "chengxin_records_ingested",
             "Record lines submitted over the API, by outcome (accepted, duplicate, rejected).",
             ["status"],
+            registry=registry,
+        ),
+        audit_batch=Histogram(
+            "chengxin_audit_batch_events",
+            "Audit events committed together by a worker's audit writer, per transaction.",
+            buckets=AUDIT_BATCH_BUCKETS,
             registry=registry,
         ),
         outbox_lag=lag,

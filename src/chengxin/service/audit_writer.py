@@ -99,8 +99,12 @@ class AuditWriter:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         wait: timedelta = DEFAULT_WAIT,
+        observer: Callable[[int], None] | None = None,
     ) -> None:
+        """``observer``, if given, is called on the writer thread with each committed batch's
+        number of events (for a metric)."""
         self._engine = engine
+        self._observer = observer
         self._max = max(1, max_batch)
         self._wait = max(0.0, wait.total_seconds())
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
@@ -224,5 +228,10 @@ class AuditWriter:
             return
         self.batches += 1
         self.events += len(batch)
+        if self._observer is not None:
+            try:
+                self._observer(len(batch))
+            except Exception:  # a metric must never fail the checks it counts
+                log.exception("the audit writer's observer failed")
         for (p, result, _), seq in zip(batch, seqs, strict=True):
             outcomes.setdefault(p.loop, []).append((p.future, (result, seq), None))
