@@ -510,6 +510,17 @@ def start_server(db: str, port: int, workers: int, log: Path) -> subprocess.Pope
 # -- the run ------------------------------------------------------------------
 
 
+def audit_commits(port: int) -> tuple[float, float]:
+    """(audit events, group commits) the server's audit writers have committed so far."""
+    from chengxin.api.metrics import sample_sum
+
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+    return (
+        sample_sum(text, "chengxin_audit_batch_events_sum"),
+        sample_sum(text, "chengxin_audit_batch_events_count"),
+    )
+
+
 def machine_speed() -> float:
     """Nanoseconds a step of a plain Python loop takes here: how fast this machine is today.
 
@@ -585,6 +596,7 @@ async def run(
         mix[got] = mix.get(got, 0) + 1
     phases[-1].extra["decisions"] = mix
     for _ in range(max(1, args.check_repeats)):  # the p99 varies from run to run: more samples
+        events0, commits0 = audit_commits(port)
         phases.append(
             await open_loop(
                 port,
@@ -597,6 +609,10 @@ async def run(
                 cpu=cpu,
             )
         )
+        events1, commits1 = audit_commits(port)
+        if commits1 > commits0:
+            per_commit = (events1 - events0) / (commits1 - commits0)
+            phases[-1].extra["audit_events_per_commit"] = round(per_commit, 2)
     if phases[2].per_s < args.rate:
         # the target rate is out of reach: p99 also at half the measured maximum, for both
         sustained = round(phases[2].per_s * 0.5)
