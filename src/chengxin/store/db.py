@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from chengxin.store.writer_turn import TakingTurns
+
 DEFAULT_DB = "chengxin.sqlite"
 READ_ONLY = {"chengxin_read_only": True}
 """Execution options of a transaction that only reads: on SQLite it begins DEFERRED,
@@ -49,7 +51,10 @@ def make_engine(db: str | None) -> Engine:
     """An engine for ``--db`` with the connection settings chengxin relies on."""
     url = database_url(db)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # Write transactions take turns (store/writer_turn.py) rather than poll SQLite's lock.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "factory": TakingTurns}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
 
         # Let SQLAlchemy, not pysqlite, decide when transactions begin, so a
@@ -60,8 +65,14 @@ def make_engine(db: str | None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
-            read_only = conn.get_execution_options().get("chengxin_read_only", False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            if conn.get_execution_options().get("chengxin_read_only", False):
+                conn.exec_driver_sql("BEGIN")
+                return
+            dbapi = conn.connection.dbapi_connection
+            if isinstance(dbapi, TakingTurns):
+                dbapi.begin_write()
+            else:  # a connection made some other way (a custom creator)
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
