@@ -6,13 +6,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
 from chengxin.store.db import make_engine, read_transaction, session_factory, transaction
-from chengxin.store.writer_turn import TakingTurns, WriterTurn
+from chengxin.store.writer_turn import FifoLock, TakingTurns, WriterTurn
 
 
 @pytest.fixture
@@ -169,3 +170,36 @@ def test_an_in_memory_database_has_no_turn() -> None:
             assert session.execute(text("SELECT 1")).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_the_line_is_served_in_the_order_writers_asked() -> None:
+    line = FifoLock()
+    assert line.acquire(1)
+    order: list[int] = []
+
+    def waiter(k: int) -> None:
+        assert line.acquire(30)
+        order.append(k)
+        line.release()
+
+    threads = []
+    for k in range(10):
+        t = threading.Thread(target=waiter, args=(k,))
+        t.start()
+        threads.append(t)
+        while len(line._waiters) < k + 1:  # each in line before the next asks
+            time.sleep(0.001)
+    line.release()
+    for t in threads:
+        t.join()
+    assert order == list(range(10))
+
+
+def test_a_writer_that_gives_up_leaves_the_line() -> None:
+    line = FifoLock()
+    assert line.acquire(1)
+    assert not line.acquire(0.02)  # timed out while the first held it
+    assert len(line._waiters) == 0
+    line.release()
+    assert line.acquire(0.01)  # free again
+    line.release()

@@ -7,40 +7,76 @@ while every waiter sleeps, and whoever happens to ask next takes it, however
 long the others have waited: at 32 concurrent single-record ingests the
 rate fell and the p99 reached seconds.
 
-Here each write transaction first takes its *turn*: a lock of the process
-(threads block on it and are woken when it is released), then an exclusive
-``flock`` on a file beside the database (``<db>-writer``), which the kernel
-hands from process to process. Only then does it run ``BEGIN IMMEDIATE``,
-which by then finds SQLite's lock free. The turn is given back as soon as
-the transaction commits or rolls back (or its connection closes).
+Here each write transaction first takes its *turn*: a place in its
+process's line (a lock handed to waiters in the order they asked), then an
+exclusive ``flock`` on a file beside the database (``<db>-writer``), for
+which the kernel wakes the waiting process the moment the holder lets go.
+Only then does it run ``BEGIN IMMEDIATE``, which by then finds SQLite's lock
+free. The turn is given back as soon as the transaction commits or rolls
+back (or its connection closes).
 
 SQLite's lock still guards the data; the turn only orders who asks for it.
 A writer that does not take turns (another program, an old chengxin) is
 waited for by SQLite's busy handler, as before. A turn not had within the
-busy timeout fails as SQLite does, with ``database is locked``. Read
-transactions never take a turn (WAL readers never wait).
+busy timeout (30 s in the process's line) fails as SQLite does, with
+``database is locked``. Read transactions never take a turn (WAL readers
+never wait).
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import sqlite3
 import threading
-import time
+from collections import deque
 from typing import Any, ClassVar
 
-__all__ = ["TakingTurns", "WriterTurn"]
+__all__ = ["FifoLock", "TakingTurns", "WriterTurn"]
 
 TIMEOUT = 30.0
 """Seconds a writer waits for its turn, as long as SQLite's busy timeout."""
-_POLL = (0.0002, 0.0005, 0.001, 0.002)
-"""Waits between tries of the file lock (short: at most one thread per process polls)."""
+
+
+class FifoLock:
+    """A lock handed to its waiters in the order they asked (``threading.Lock`` lets any
+    waiter, or the releasing thread itself, take it next)."""
+
+    def __init__(self) -> None:
+        """A free lock with no waiters."""
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Lock] = deque()
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock, waiting in line at most ``timeout`` seconds; whether it was had."""
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        if baton.acquire(timeout=timeout):
+            return True  # handed over by release()
+        with self._mutex:
+            try:
+                self._waiters.remove(baton)
+            except ValueError:
+                return True  # handed over just as the wait ended: ours after all
+            return False
+
+    def release(self) -> None:
+        """Hand the lock to the longest waiter, or free it."""
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by that waiter
+            else:
+                self._held = False
 
 
 class WriterTurn:
-    """The turn to write one database file: a process lock, then a file lock between processes."""
+    """The turn to write one database file: a lock of the process, then a file lock."""
 
     _by_path: ClassVar[dict[str, WriterTurn]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -48,7 +84,7 @@ class WriterTurn:
     def __init__(self, path: str) -> None:
         """The turn of the database at ``path`` (use :meth:`of`, which shares one per file)."""
         self.path = path
-        self._thread_lock = threading.Lock()
+        self._line = FifoLock()
         self._fd: int | None = None
         self._pid = -1
 
@@ -75,28 +111,22 @@ class WriterTurn:
         return self._fd
 
     def acquire(self, timeout: float = TIMEOUT) -> None:
-        """Wait for the turn; ``database is locked`` if it does not come within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        if not self._thread_lock.acquire(timeout=timeout):
+        """Wait for the turn; ``database is locked`` if this process's line does not move
+        within ``timeout``.
+
+        Between processes the wait is the kernel's (a blocking ``flock``, woken
+        the moment the holder lets go), so it lasts as long as the other
+        process's transaction; only the first writer in each process's line
+        waits there.
+        """
+        if not self._line.acquire(timeout):
             raise sqlite3.OperationalError("database is locked")
         try:
             fd = self._file()
-            if fd is None:
-                return
-            step = 0
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                        raise
-                if time.monotonic() >= deadline:
-                    raise sqlite3.OperationalError("database is locked")
-                time.sleep(_POLL[min(step, len(_POLL) - 1)])
-                step += 1
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
-            self._thread_lock.release()
+            self._line.release()
             raise
 
     def release(self) -> None:
@@ -105,13 +135,13 @@ class WriterTurn:
             if self._fd is not None and self._pid == os.getpid():
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            self._thread_lock.release()
+            self._line.release()
 
 
 def _after_fork_in_child() -> None:
     # A forked child holds no turn, whatever thread of its parent held one when it forked.
     for turn in WriterTurn._by_path.values():
-        turn._thread_lock = threading.Lock()
+        turn._line = FifoLock()
         turn._fd = None
 
 
