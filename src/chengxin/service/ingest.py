@@ -22,12 +22,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from chengxin.domain.policy import Policy
 from chengxin.domain.records import RecordRejected
+from chengxin.domain.scoring import RecordFact
 from chengxin.service.checking import (
     Checked,
     CheckedLines,
@@ -35,6 +37,7 @@ from chengxin.service.checking import (
     Status,
     check_lines,
 )
+from chengxin.service.prefetch import Prefetched
 from chengxin.service.rescore import RescoreSummary, mark_stale, rescore_subjects
 from chengxin.store import ledger, repo
 from chengxin.store.repo import Bulk
@@ -119,6 +122,49 @@ def _reject(c: Checked, code: str, message: str, where: str) -> LineResult:
     return LineResult(c.line, "rejected", c.ref, code=code, message=message, field=where)
 
 
+def _facts_after(
+    bulk: Bulk,
+    prefetched: Prefetched,
+    *,
+    top: ledger.Head,
+    affected: set[int],
+    created: set[int],
+    new_rows: Sequence[tuple[Any, ...]],
+    ended: set[int],
+) -> dict[int, list[RecordFact]]:
+    """The records that can count of each affected subject once the batch is stored.
+
+    Called under the lock, before the batch's rows are stored: a subject's
+    records are those before the batch (prefetched where none changed since,
+    see service/prefetch.py; none for a subject the batch created, as records are
+    written under the lock alone; read otherwise), less the ones the batch
+    retracts or amends (``ended``), plus the batch's own (``new_rows``, in
+    RECORD_COLUMNS order), which come last in id order.
+    """
+    held = prefetched.facts
+    if top.seq == prefetched.seq:  # nothing was appended since the prefetch
+        stale: set[int] = set()
+    else:
+        stale = repo.changed_since(bulk, sorted(affected.intersection(held)), prefetched.seq)
+    facts: dict[int, list[RecordFact]] = {}
+    unread: list[int] = []
+    for sid in affected:
+        if sid in held and sid not in stale:
+            facts[sid] = [f for f in held[sid] if f.id not in ended]
+        elif sid in created:
+            facts[sid] = []
+        else:
+            unread.append(sid)
+    for sid, read in repo.record_facts_bulk(bulk, sorted(unread)).items():
+        facts[sid] = [f for f in read if f.id not in ended]
+    day = lru_cache(maxsize=None)(date.fromisoformat)  # what a Date column reads back
+    for row in new_rows:
+        rid, sid, rtype, occurred, attributes = row[0], row[1], row[2], row[4], row[8]
+        if rid not in ended:
+            facts[sid].append(repo.record_fact(rid, rtype, day(occurred), attributes))
+    return facts
+
+
 def ingest_batch(
     session: Session,
     *,
@@ -151,6 +197,7 @@ def store_checked(
     rescore: bool = True,
     line_results: bool = True,
     known_subjects: Mapping[tuple[str, str], tuple[int, str]] | None = None,
+    prefetched: Prefetched | None = None,
 ) -> BatchReport:
     """Store a checked batch in the caller's transaction; see :func:`ingest_batch`.
 
@@ -160,6 +207,9 @@ def store_checked(
     change, so they are not looked up again; the report's ``subjects`` holds
     the ones this batch looked up or created, to add to them once the transaction
     commits.
+
+    ``prefetched`` (:func:`chengxin.service.prefetch.prefetch`, read before this
+    transaction) spares the rescoring the records it still holds good.
     """
     report = BatchReport(results=list(batch.rejected))
     checked = batch.checked
@@ -188,6 +238,8 @@ def store_checked(
     stored = _stored_hashes(bulk, refs)
     targets = _targets(bulk, target_refs)
     known = known_subjects or {}
+    if prefetched is not None:  # a stored subject never changes: its id holds
+        known = {**known, **prefetched.subjects}
     unknown = {k for k in skeys if k is not None and k not in known}
     subject_map = repo.subject_ids_bulk(bulk, unknown)
     # Subjects are created only for accepted lines: a refused line stores nothing.
@@ -270,18 +322,18 @@ def store_checked(
         report.results.sort(key=lambda r: r.line)
         return report
     created = bulk.stamp(now)
+    inserted: dict[tuple[str, str], tuple[int, str]] = {}
     if new_subjects:
         # Dates travel as ISO text: what SQLAlchemy's Date stores on SQLite, and
         # what PostgreSQL casts to a date.
-        subject_map.update(
-            repo.insert_subject_rows(
-                bulk,
-                [
-                    (s.scheme, s.value, s.subject_kind, s.name, s.region, s.birth_date, created)
-                    for s in new_subjects.values()
-                ],
-            )
+        inserted = repo.insert_subject_rows(
+            bulk,
+            [
+                (s.scheme, s.value, s.subject_kind, s.name, s.region, s.birth_date, created)
+                for s in new_subjects.values()
+            ],
         )
+        subject_map.update(inserted)
 
     report.subjects = subject_map
     if not line_results:
@@ -336,13 +388,29 @@ def store_checked(
         if wanted and (c.provider, c.ref) in wanted:
             by_key[(c.provider, c.ref)] = (seq, subject_id)
         add_affected(subject_id)
+    facts = None
+    if rescore and prefetched is not None:  # before the batch's rows are stored
+        facts = _facts_after(
+            bulk,
+            prefetched,
+            top=top,
+            affected=affected,
+            created={sid for sid, _ in inserted.values()},
+            new_rows=new_rows,
+            ended={target for _, _, target in status_updates},
+        )
     first = ledger.append_rows(bulk, entries, top=top, now=now)
     assert first == top.seq + 1
     bulk.insert("records", RECORD_COLUMNS, new_rows)
     bulk.executemany("UPDATE records SET status = ?, status_seq = ? WHERE id = ?", status_updates)
     if rescore:
         report.rescore = rescore_subjects(
-            session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now
+            session,
+            policy=policy,
+            subject_ids=sorted(affected),
+            as_of=today,
+            now=now,
+            facts=facts,
         )
     else:
         mark_stale(session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now)

@@ -26,6 +26,7 @@ from chengxin.service.checking import CheckedLines, check_lines
 from chengxin.service.clock import Clock
 from chengxin.service.ingest import BatchReport, LineResult, store_checked
 from chengxin.service.policies import active_policy
+from chengxin.service.prefetch import Prefetched, prefetch
 from chengxin.service.principals import (
     IdempotencyConflict,
     Principal,
@@ -55,6 +56,7 @@ class Checking(NamedTuple):
 
     policy: Policy
     checked: CheckedLines
+    prefetched: Prefetched | None = None
 
 
 def _result(r: LineResult) -> dict[str, Any]:
@@ -86,17 +88,26 @@ def _observe(request: Request, report: BatchReport, *, stored: bool) -> None:
         observe_ingest(request, {"rejected": len(report.results)})
 
 
-def _check(request: Request, clock: Clock, lines: Sequence[dict[str, Any]]) -> Checking:
+def _check(
+    request: Request, clock: Clock, lines: Sequence[dict[str, Any]], *, prefetch_facts: bool = False
+) -> Checking:
     """Check the lines against the active policy before any write lock is taken.
 
     Checking is pure computation, most of a batch's cost: doing it before the
     request's transaction begins keeps the writer lock (SQLite's, or the
-    ledger head's row lock) for the append alone.
+    ledger head's row lock) for the append alone. With ``prefetch_facts`` the
+    records of the lines' subjects are read too, for the rescoring
+    (service/prefetch.py).
     """
     today = clock.today()
-    with read_transaction(request.app.state.sessions) as reader:
+    sessions = request.app.state.sessions
+    with read_transaction(sessions) as reader:
         policy = active_policy(reader, on=today).policy
-    return Checking(policy, check_lines(list(enumerate(lines, start=1)), policy, today))
+    checked = check_lines(list(enumerate(lines, start=1)), policy, today)
+    if not prefetch_facts or not checked.checked:
+        return Checking(policy, checked)
+    with read_transaction(sessions) as reader:
+        return Checking(policy, checked, prefetch(reader, checked))
 
 
 def _submit(session: Session, caller: Principal, clock: Clock, checking: Checking) -> BatchReport:
@@ -106,6 +117,7 @@ def _submit(session: Session, caller: Principal, clock: Clock, checking: Checkin
         batch=checking.checked,
         now=clock.now(),
         today=clock.today(),
+        prefetched=checking.prefetched,
     )
     accepted = [r.seq for r in report.results if r.status == "accepted" and r.seq is not None]
     if accepted:
@@ -217,7 +229,7 @@ def create_records(
         raise ApiError(422, "batch_too_large", f"a batch has at most {limit} lines")
     lines = body.lines()
     authorize_lines(caller, lines)
-    checking = _check(request, clock, lines)
+    checking = _check(request, clock, lines, prefetch_facts=True)
     stored, digest = _replayed(
         session, caller, idempotency_key, request, {"records": lines, "atomic": body.atomic}
     )
