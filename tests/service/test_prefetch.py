@@ -1,9 +1,10 @@
-"""Prefetched records: a batch rescored from them scores what it would from a fresh read.
+"""Prefetched records and scores: a batch rescored from them scores what it would from a fresh read.
 
-A spy on the ingest's rescoring takes the records it was handed and compares
-them, in the batch's own transaction, with :func:`repo.record_facts` read after
-the batch: whether the prefetch still held, was overtaken by another batch
-touching the same subjects, or did not know a subject.
+A spy on the ingest's rescoring takes the records and the scores it was
+handed and compares them, in the batch's own transaction, with
+:func:`repo.record_facts` read after the batch (and the scores of those):
+whether the prefetch still held, was overtaken by another batch touching the
+same subjects, or did not know a subject.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from chengxin.domain.policy import Policy
-from chengxin.domain.scoring import RecordFact
+from chengxin.domain.scoring import RecordFact, score
 from chengxin.service import ingest as ingest_module
 from chengxin.service.checking import check_lines
 from chengxin.service.clock import FixedClock
@@ -34,14 +35,31 @@ class Spy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.given: Mapping[int, Sequence[RecordFact]] | None = None
         self.fresh: dict[int, list[RecordFact]] = {}
+        self.scored: dict[int, Any] = {}
+        self.rescored: dict[int, Any] = {}
         real = ingest_module.rescore_subjects
 
         def spy(session: Any, **kw: Any) -> Any:
             self.given = kw["facts"]
             self.fresh = repo.record_facts(session, kw["subject_ids"])
+            self.scored = {sid: _stored(r) for sid, r in kw["scored"].items()}
+            self.rescored = {
+                sid: _stored(score(kw["policy"], self.fresh[sid], kw["as_of"]))
+                for sid in self.scored
+            }
             return real(session, **kw)
 
         monkeypatch.setattr(ingest_module, "rescore_subjects", spy)
+
+    def holds(self) -> bool:
+        """Every rescored subject was handed its fresh records or its fresh score."""
+        assert self.given is not None
+        assert set(self.given).isdisjoint(self.scored)
+        assert set(self.given) | set(self.scored) == set(self.fresh)
+        assert self.scored == self.rescored
+        return {sid: list(v) for sid, v in self.given.items()} == {
+            sid: v for sid, v in self.fresh.items() if sid in self.given
+        }
 
 
 @pytest.fixture
@@ -76,9 +94,15 @@ def fetch(engine: Engine, policy: Policy, clock: FixedClock) -> Callable[[list[L
     def run(lines: list[Line]) -> Prefetched:
         checked = check_lines(list(enumerate(lines, start=1)), policy, clock.today())
         with read_transaction(session_factory(engine)) as reader:
-            return prefetch(reader, checked)
+            return prefetch(reader, checked, policy=policy, as_of=clock.today())
 
     return run
+
+
+def _stored(r: Any) -> tuple[Any, ...]:
+    """What a rescore stores of a score."""
+    lists = {code: (m.kind, m.since, m.until) for code, m in r.lists.items()}
+    return (r.as_of, r.score, r.grade, r.next_change, lists)
 
 
 def _retract(line: Line, ref: str) -> Line:
@@ -127,7 +151,8 @@ def test_the_prefetched_records_are_the_stored_ones(
     got = fetch(batch)
     report = store(batch, got)
     assert [r.status for r in report.results].count("accepted") == 7
-    assert spy.given == spy.fresh
+    assert spy.holds()
+    assert len(spy.scored) == 1 and spy.scored == spy.rescored  # person 5 alone: new records only
     # persons 1 and 9 (retracted), 3, 5 and 6 (one each), 0 (a new record, one amended away)
     assert sorted(len(v) for v in spy.fresh.values()) == [0, 0, 1, 1, 1, 2]
 
@@ -154,6 +179,33 @@ def test_records_changed_after_the_prefetch_are_read_again(
     )
     report = store(batch, got)
     assert [r.status for r in report.results].count("accepted") == 7
-    assert spy.given == spy.fresh
+    assert spy.holds()
+    assert spy.scored == {}  # person 5 was created by the other batch meanwhile
     # person 0: one record retracted, one amended away, two new ones; person 5: two
     assert sorted(len(v) for v in spy.fresh.values()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_prefetched_scores_stand_only_where_their_records_held(
+    store: Callable[..., BatchReport],
+    fetch: Callable[[list[Line]], Prefetched],
+    spy: Spy,
+    record_line: Callable[..., Line],
+    rid: Callable[[int], str],
+) -> None:
+    world = _world(record_line, rid)
+    assert all(r.status == "accepted" for r in store(world).results)
+    batch = [
+        record_line(rid=rid(0), occurred_at="2025-01-10"),
+        record_line(rid=rid(2), occurred_at="2025-01-11"),
+        record_line(rid=rid(7)),
+        record_line(rid=rid(8), occurred_at="2024-05-01"),
+        record_line(rid=rid(8)),
+        world[4],  # a duplicate: person 3 is not rescored
+    ]
+    got = fetch(batch)
+    assert len(got.scored) == 5
+    store([record_line(rid=rid(2), occurred_at="2026-02-01")])  # person 2 changes meanwhile
+    store(batch, got)
+    assert spy.holds()
+    assert len(spy.scored) == 3  # persons 0, 7 and 8
+    assert len(spy.fresh) == 4

@@ -19,7 +19,7 @@ For a batch of lines (one API call, or one chunk of a file import):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -38,7 +38,7 @@ from chengxin.service.checking import (
     check_lines,
 )
 from chengxin.service.prefetch import Prefetched
-from chengxin.service.rescore import RescoreSummary, mark_stale, rescore_subjects
+from chengxin.service.rescore import RescoreSummary, Scored, mark_stale, rescore_subjects
 from chengxin.store import ledger, repo
 from chengxin.store.repo import Bulk
 
@@ -122,47 +122,75 @@ def _reject(c: Checked, code: str, message: str, where: str) -> LineResult:
     return LineResult(c.line, "rejected", c.ref, code=code, message=message, field=where)
 
 
-def _facts_after(
-    bulk: Bulk,
-    prefetched: Prefetched,
-    *,
-    top: ledger.Head,
-    affected: set[int],
-    created: set[int],
-    new_rows: Sequence[tuple[Any, ...]],
-    ended: set[int],
-) -> dict[int, list[RecordFact]]:
-    """The records that can count of each affected subject once the batch is stored.
-
-    Called under the lock, before the batch's rows are stored: a subject's
-    records are those before the batch (prefetched where none changed since,
-    see service/prefetch.py; none for a subject the batch created, as records are
-    written under the lock alone; read otherwise), less the ones the batch
-    retracts or amends (``ended``), plus the batch's own (``new_rows``, in
-    RECORD_COLUMNS order), which come last in id order.
-    """
+def _trusted(
+    bulk: Bulk, prefetched: Prefetched, *, top: ledger.Head, affected: set[int], created: set[int]
+) -> set[int]:
+    """The affected subjects whose records before the batch are known without reading them:
+    prefetched, none of them changed since (see service/prefetch.py), or none at all, for
+    a subject the batch created (records are written under the lock alone)."""
     held = prefetched.facts
     if top.seq == prefetched.seq:  # nothing was appended since the prefetch
         stale: set[int] = set()
     else:
         stale = repo.changed_since(bulk, sorted(affected.intersection(held)), prefetched.seq)
+    return {sid for sid in affected if (sid in held and sid not in stale) or sid in created}
+
+
+def _facts_after(
+    bulk: Bulk,
+    prefetched: Prefetched,
+    *,
+    wanted: set[int],
+    trusted: set[int],
+    new_rows: Sequence[tuple[Any, ...]],
+    ended: set[int],
+) -> dict[int, list[RecordFact]]:
+    """The records that can count of the ``wanted`` subjects once the batch is stored.
+
+    Called under the lock, before the batch's rows are stored: a subject's
+    records are those before the batch (prefetched, or none, for the
+    ``trusted``; read otherwise), less the ones the batch retracts or amends
+    (``ended``), plus the batch's own (``new_rows``, in RECORD_COLUMNS order),
+    which come last in id order.
+    """
+    held = prefetched.facts
     facts: dict[int, list[RecordFact]] = {}
     unread: list[int] = []
-    for sid in affected:
-        if sid in held and sid not in stale:
-            facts[sid] = [f for f in held[sid] if f.id not in ended]
-        elif sid in created:
-            facts[sid] = []
-        else:
+    for sid in wanted:
+        if sid not in trusted:
             unread.append(sid)
+        else:
+            facts[sid] = [f for f in held.get(sid, ()) if f.id not in ended]
     for sid, read in repo.record_facts_bulk(bulk, sorted(unread)).items():
         facts[sid] = [f for f in read if f.id not in ended]
     day = lru_cache(maxsize=None)(date.fromisoformat)  # what a Date column reads back
     for row in new_rows:
         rid, sid, rtype, occurred, attributes = row[0], row[1], row[2], row[4], row[8]
-        if rid not in ended:
+        if sid in facts and rid not in ended:
             facts[sid].append(repo.record_fact(rid, rtype, day(occurred), attributes))
     return facts
+
+
+def _prescored(
+    prefetched: Prefetched,
+    *,
+    trusted: set[int],
+    targeted: set[int],
+    stored_lines: Mapping[int, set[int]],
+    subject_of: Callable[[tuple[str, str]], int | None],
+) -> dict[int, Scored]:
+    """The prefetch's scores that hold (see service/prefetch.py), by subject id."""
+    out: dict[int, Scored] = {}
+    for key, (lines, result) in prefetched.scored.items():
+        sid = subject_of(key)
+        if (
+            sid is not None
+            and sid in trusted
+            and sid not in targeted
+            and frozenset(stored_lines.get(sid, ())) == lines
+        ):
+            out[sid] = result
+    return out
 
 
 def ingest_batch(
@@ -343,6 +371,8 @@ def store_checked(
     new_rows: list[tuple[Any, ...]] = []
     status_updates: list[tuple[str, int, int]] = []
     affected: set[int] = set()
+    targeted: set[int] = set()  # subjects of the records the batch retracts or amends
+    stored_lines: dict[int, set[int]] = {}  # the lines of each subject the batch stores
     by_key: dict[tuple[str, str], tuple[int, int]] = {}  # records of this batch: id, subject
     add_entry, add_row, add_affected = entries.append, new_rows.append, affected.add
     # Records of this batch that a later line of it retracts or amends.
@@ -363,6 +393,7 @@ def store_checked(
             new_status = "retracted" if c.kind == "retraction" else "superseded"
             status_updates.append((new_status, seq, target_id))
             add_affected(target_subject)
+            targeted.add(target_subject)
         if skey is None:  # a retraction: the ledger entry names the retracted record's subject
             add_entry((c.kind, c.provider, c.ref, target_subject, c.payload, c.payload_hash))
             continue
@@ -388,14 +419,30 @@ def store_checked(
         if wanted and (c.provider, c.ref) in wanted:
             by_key[(c.provider, c.ref)] = (seq, subject_id)
         add_affected(subject_id)
+        stored_lines.setdefault(subject_id, set()).add(c.line)
     facts = None
+    scored: dict[int, Scored] = {}
     if rescore and prefetched is not None:  # before the batch's rows are stored
-        facts = _facts_after(
+        trusted = _trusted(
             bulk,
             prefetched,
             top=top,
             affected=affected,
             created={sid for sid, _ in inserted.values()},
+        )
+        if (prefetched.policy_hash, prefetched.as_of) == (policy.content_hash, today):
+            scored = _prescored(
+                prefetched,
+                trusted=trusted,
+                targeted=targeted,
+                stored_lines=stored_lines,
+                subject_of=lambda key: (subject_map.get(key) or known.get(key) or (None,))[0],
+            )
+        facts = _facts_after(
+            bulk,
+            prefetched,
+            wanted=affected.difference(scored),
+            trusted=trusted,
             new_rows=new_rows,
             ended={target for _, _, target in status_updates},
         )
@@ -411,6 +458,7 @@ def store_checked(
             as_of=today,
             now=now,
             facts=facts,
+            scored=scored,
         )
     else:
         mark_stale(session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now)

@@ -107,7 +107,7 @@ def _check(
     if not prefetch_facts or not checked.checked:
         return Checking(policy, checked)
     with read_transaction(sessions) as reader:
-        return Checking(policy, checked, prefetch(reader, checked))
+        return Checking(policy, checked, prefetch(reader, checked, policy=policy, as_of=today))
 
 
 def _submit(session: Session, caller: Principal, clock: Clock, checking: Checking) -> BatchReport:
