@@ -31,6 +31,7 @@ Markdown table, to stdout and ``bench/results/api-<time>.md``.
     .venv/bin/python bench/bench_api.py                 # 200k people, ~4 minutes
     .venv/bin/python bench/bench_api.py --people 20000 --seconds 5   # a quick look
     .venv/bin/python bench/bench_api.py --check-repeats 8   # the p99 at --rate, 8 times over
+    .venv/bin/python bench/bench_api.py --phases batch    # only the batch phase
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ MEASURES = [  # (measure, the kind of service that may consult it)
     ("platform.good_standing_badge", "dating_site"),
 ]
 PROVIDER = "bench-feed"
+PHASES = ("health", "checks", "batch", "single")
 BATCH = 1000
 
 
@@ -551,15 +553,32 @@ async def run(
     keys: dict[str, str],
     lines: list[dict[str, Any]],
 ) -> list[Phase]:
-    """Every phase, in order, each after a short warm-up."""
+    """Every phase of ``args.phases``, in order, each after a short warm-up."""
     cpu = Cpu(pid)
     health = [http_request("GET", "/healthz")]
+    c = args.connections
+    phases: list[Phase] = []
+    if "health" in args.phases or "checks" in args.phases:
+        # warm up: both workers verify each key once (argon2) and fill their caches
+        await closed_loop(port, "warm-up", checks, connections=c, count=2000, seconds=10, cpu=cpu)
+        await closed_loop(port, "warm-up", health, connections=c, count=2000, seconds=5, cpu=cpu)
+    if "health" in args.phases:
+        phases += await _health(args, port, cpu, health)
+    if "checks" in args.phases:
+        phases += await _checks(args, port, cpu, health, checks)
+    if "batch" in args.phases:
+        phases.append(await _batch(args, port, cpu, keys, lines))
+    if "single" in args.phases:
+        phases.append(await _single(args, port, cpu, keys, lines))
+    return phases
+
+
+async def _health(
+    args: argparse.Namespace, port: int, cpu: Cpu, health: list[bytes]
+) -> list[Phase]:
+    """``GET /healthz``, closed and open loop: the baseline."""
     t, c = args.seconds, args.connections
     phases: list[Phase] = []
-    # warm up: both workers verify each key once (argon2) and fill their caches
-    await closed_loop(port, "warm-up", checks, connections=c, count=2000, seconds=10, cpu=cpu)
-    await closed_loop(port, "warm-up", health, connections=c, count=2000, seconds=5, cpu=cpu)
-
     phases.append(
         await closed_loop(
             port, "GET /healthz", health, connections=c, count=10**7, seconds=t, cpu=cpu
@@ -577,6 +596,16 @@ async def run(
             cpu=cpu,
         )
     )
+    return phases
+
+
+async def _checks(
+    args: argparse.Namespace, port: int, cpu: Cpu, health: list[bytes], checks: list[bytes]
+) -> list[Phase]:
+    """``POST /v1/checks``, closed loop, then open loop at ``--rate`` (and at half the
+    closed-loop rate, with ``/healthz`` alike, when ``--rate`` is out of reach)."""
+    t, c = args.seconds, args.connections
+    phases: list[Phase] = []
     decided: list[bytes] = []
     phases.append(
         await closed_loop(
@@ -595,6 +624,7 @@ async def run(
         got = orjson.loads(body).get("decision", "error")
         mix[got] = mix.get(got, 0) + 1
     phases[-1].extra["decisions"] = mix
+    closed = phases[-1]
     for _ in range(max(1, args.check_repeats)):  # the p99 varies from run to run: more samples
         events0, commits0 = audit_commits(port)
         phases.append(
@@ -613,9 +643,9 @@ async def run(
         if commits1 > commits0:
             per_commit = (events1 - events0) / (commits1 - commits0)
             phases[-1].extra["audit_events_per_commit"] = round(per_commit, 2)
-    if phases[2].per_s < args.rate:
+    if closed.per_s < args.rate:
         # the target rate is out of reach: p99 also at half the measured maximum, for both
-        sustained = round(phases[2].per_s * 0.5)
+        sustained = round(closed.per_s * 0.5)
         for reqs, label in ((health, "GET /healthz"), (checks, "POST /v1/checks")):
             phases.append(
                 await open_loop(
@@ -630,8 +660,20 @@ async def run(
                 )
             )
 
+    return phases
+
+
+def _batches(args: argparse.Namespace, lines: list[dict[str, Any]]) -> int:
+    """How many 1,000-line batches the batch phase sends."""
+    return min(args.batches, len(lines) // BATCH - 1)
+
+
+async def _batch(
+    args: argparse.Namespace, port: int, cpu: Cpu, keys: dict[str, str], lines: list[dict[str, Any]]
+) -> Phase:
+    """``POST /v1/records:batch``: 1,000-line batches, per-line mode."""
     provider = keys["provider"]
-    n_batches = min(args.batches, len(lines) // BATCH - 1)
+    n_batches = _batches(args, lines)
     batches = [
         http_request(
             "POST",
@@ -648,7 +690,7 @@ async def run(
         batches,
         connections=args.batch_connections,
         count=len(batches),
-        seconds=max(t, 60),
+        seconds=max(args.seconds, 60),
         cpu=cpu,
         bodies=answers,
     )
@@ -656,17 +698,32 @@ async def run(
     duplicates = sum(orjson.loads(b).get("duplicates", 0) for b in answers)
     batch.records_per_s = round((accepted + duplicates) / batch.seconds, 1)
     batch.extra.update(accepted=accepted, duplicates=duplicates)
-    phases.append(batch)
+    if accepted + duplicates:  # CPU per record: steadier than rates on a shared machine
+        us = batch.server_cores * batch.seconds * 1e6 / (accepted + duplicates)
+        batch.extra["server_cpu_us_per_record"] = round(us, 1)
+    return batch
 
+
+async def _single(
+    args: argparse.Namespace, port: int, cpu: Cpu, keys: dict[str, str], lines: list[dict[str, Any]]
+) -> Phase:
+    """``POST /v1/records``: one line per request."""
+    provider = keys["provider"]
+    n_batches = _batches(args, lines)
     singles = [
         http_request("POST", "/v1/records", provider, line) for line in lines[n_batches * BATCH :]
     ]
     single = await closed_loop(
-        port, "POST /v1/records", singles, connections=c, count=len(singles), seconds=t, cpu=cpu
+        port,
+        "POST /v1/records",
+        singles,
+        connections=args.connections,
+        count=len(singles),
+        seconds=args.seconds,
+        cpu=cpu,
     )
     single.records_per_s = single.per_s
-    phases.append(single)
-    return phases
+    return single
 
 
 def baseline(phases: list[Phase], p: Phase) -> Phase:
@@ -718,7 +775,15 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60, help="1,000-line batches at most")
     ap.add_argument("--batch-connections", type=int, default=2)
     ap.add_argument("--ingest-people", type=int, default=40_000)
+    ap.add_argument(
+        "--phases",
+        type=lambda text: [p for p in text.split(",") if p],
+        default=list(PHASES),
+        help=f"comma-separated, of {','.join(PHASES)} (default: all)",
+    )
     args = ap.parse_args()
+    if unknown := set(args.phases) - set(PHASES):
+        ap.error(f"unknown phases: {', '.join(sorted(unknown))}")
     load_avg = os.getloadavg()
     speed = machine_speed()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -728,8 +793,9 @@ def main() -> None:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     lines = ingest_lines(args.ingest_people, run_id)
     keys = register(db, run_id, record_types(db) & {line["type"] for line in lines})
-    known = known_subjects(db, 50_000, seed=3)
-    checks = check_requests(known, keys, args.checks)
+    checks: list[bytes] = []
+    if "health" in args.phases or "checks" in args.phases:  # the warm-up sends checks too
+        checks = check_requests(known_subjects(db, 50_000, seed=3), keys, args.checks)
 
     port = free_port()
     log = RESULTS / f"api-server-{run_id}.log"
@@ -777,10 +843,10 @@ def main() -> None:
     )
     (RESULTS / f"api-{run_id}.md").write_text(head + "\n\n" + md + "\n")
     print(head + "\n\n" + md)
-    batch = next(p for p in phases if p.name.startswith("POST /v1/records:batch"))
+    decisions = next((p.extra["decisions"] for p in phases if "decisions" in p.extra), None)
+    batch = next((p for p in phases if p.name.startswith("POST /v1/records:batch")), None)
     print(
-        f"\ncheck decisions: {phases[2].extra.get('decisions')}; batch: {batch.extra}; "
-        f"results in {out}"
+        f"\ncheck decisions: {decisions}; batch: {batch.extra if batch else None}; results in {out}"
     )
     log.unlink()
 

@@ -290,3 +290,37 @@ def test_a_ten_thousand_line_batch_is_accepted_in_one_request(
     assert r.json()["accepted"] == 10_000
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ledger)).scalar() == 10_001
+
+
+def test_batch_bodies_read_and_write_as_their_models_do(
+    client: TestClient, auth: Auth, record_line: RecordLine, rid: Any
+) -> None:
+    # The batch route reads its lines in one serialisation and writes its results as
+    # plain dicts: both must be what the per-line models give.
+    from chengxin.api.routers.records import _result
+    from chengxin.api.schemas import RecordBatchCreate, RecordBatchRead, RecordResult
+    from chengxin.service.checking import LineResult
+
+    lines = [record_line(rid=rid(n)) for n in range(3)]
+    lines[0]["attributes"] = {"a": None, "b": [None, {"c": None}]}
+    lines[1]["subject"]["name"] = None
+    lines[2] = {"provider": "p", "ref": "r", "retracts": "x", "reason": None}
+    batch = RecordBatchCreate.model_validate({"records": lines, "atomic": False})
+    assert batch.lines() == [r.line() for r in batch.records]
+    for r in (
+        LineResult(1, "accepted", "a", 7),
+        LineResult(2, "duplicate", "b", 3),
+        LineResult(3, "rejected", None, code="bad_json", message="m", field="ref"),
+    ):
+        fields = {f: getattr(r, f) for f in RecordResult.model_fields}
+        assert _result(r) == RecordResult(**fields).model_dump()
+
+    ok = [record_line(rid=rid(n)) for n in range(4)]
+    ok[1]["subject"]["id"] = "110105"  # too short
+    ok.append(ok[0])  # a duplicate
+    r = client.post(
+        "/v1/records:batch", json={"records": ok, "atomic": False}, headers=auth("provider")
+    )
+    assert r.status_code == 200, r.text
+    assert RecordBatchRead.model_validate(r.json()).model_dump() == r.json()
+    assert list(r.json()) == list(RecordBatchRead.model_fields)

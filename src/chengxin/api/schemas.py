@@ -83,6 +83,13 @@ class RecordBatchCreate(_Request):
         description="true: if any line is rejected nothing is stored; false: per-line results",
     )
 
+    def lines(self) -> list[dict[str, Any]]:
+        """Every record's :meth:`RecordCreate.line`, in one serialisation (not one per line)."""
+        records: list[dict[str, Any]] = self.model_dump(exclude_none=True, include={"records"})[
+            "records"
+        ]
+        return records
+
 
 class RecordResult(_Response):
     """What became of one line."""

@@ -19,15 +19,17 @@ For a batch of lines (one API call, or one chunk of a file import):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from chengxin.domain.policy import Policy
 from chengxin.domain.records import RecordRejected
+from chengxin.domain.scoring import RecordFact
 from chengxin.service.checking import (
     Checked,
     CheckedLines,
@@ -35,7 +37,8 @@ from chengxin.service.checking import (
     Status,
     check_lines,
 )
-from chengxin.service.rescore import RescoreSummary, mark_stale, rescore_subjects
+from chengxin.service.prefetch import Prefetched
+from chengxin.service.rescore import RescoreSummary, Scored, mark_stale, rescore_subjects
 from chengxin.store import ledger, repo
 from chengxin.store.repo import Bulk
 
@@ -119,6 +122,77 @@ def _reject(c: Checked, code: str, message: str, where: str) -> LineResult:
     return LineResult(c.line, "rejected", c.ref, code=code, message=message, field=where)
 
 
+def _trusted(
+    bulk: Bulk, prefetched: Prefetched, *, top: ledger.Head, affected: set[int], created: set[int]
+) -> set[int]:
+    """The affected subjects whose records before the batch are known without reading them:
+    prefetched, none of them changed since (see service/prefetch.py), or none at all, for
+    a subject the batch created (records are written under the lock alone)."""
+    held = prefetched.facts
+    if top.seq == prefetched.seq:  # nothing was appended since the prefetch
+        stale: set[int] = set()
+    else:
+        stale = repo.changed_since(bulk, sorted(affected.intersection(held)), prefetched.seq)
+    return {sid for sid in affected if (sid in held and sid not in stale) or sid in created}
+
+
+def _facts_after(
+    bulk: Bulk,
+    prefetched: Prefetched,
+    *,
+    wanted: set[int],
+    trusted: set[int],
+    new_rows: Sequence[tuple[Any, ...]],
+    ended: set[int],
+) -> dict[int, list[RecordFact]]:
+    """The records that can count of the ``wanted`` subjects once the batch is stored.
+
+    Called under the lock, before the batch's rows are stored: a subject's
+    records are those before the batch (prefetched, or none, for the
+    ``trusted``; read otherwise), less the ones the batch retracts or amends
+    (``ended``), plus the batch's own (``new_rows``, in RECORD_COLUMNS order),
+    which come last in id order.
+    """
+    held = prefetched.facts
+    facts: dict[int, list[RecordFact]] = {}
+    unread: list[int] = []
+    for sid in wanted:
+        if sid not in trusted:
+            unread.append(sid)
+        else:
+            facts[sid] = [f for f in held.get(sid, ()) if f.id not in ended]
+    for sid, read in repo.record_facts_bulk(bulk, sorted(unread)).items():
+        facts[sid] = [f for f in read if f.id not in ended]
+    day = lru_cache(maxsize=None)(date.fromisoformat)  # what a Date column reads back
+    for row in new_rows:
+        rid, sid, rtype, occurred, attributes = row[0], row[1], row[2], row[4], row[8]
+        if sid in facts and rid not in ended:
+            facts[sid].append(repo.record_fact(rid, rtype, day(occurred), attributes))
+    return facts
+
+
+def _prescored(
+    prefetched: Prefetched,
+    *,
+    trusted: set[int],
+    targeted: set[int],
+    stored_lines: Mapping[int, set[int]],
+    subject_of: Callable[[tuple[str, str]], int | None],
+) -> dict[int, Scored]:
+    """The prefetch's scores that hold (see service/prefetch.py), by subject id."""
+    out: dict[int, Scored] = {}
+    for key, (lines, result) in prefetched.scored.items():
+        sid = subject_of(key)
+        if (
+            sid is not None
+            and sid in trusted
+            and sid not in targeted
+            and frozenset(stored_lines.get(sid, ())) == lines
+        ):
+            out[sid] = result
+    return out
+
+
 def ingest_batch(
     session: Session,
     *,
@@ -151,6 +225,7 @@ def store_checked(
     rescore: bool = True,
     line_results: bool = True,
     known_subjects: Mapping[tuple[str, str], tuple[int, str]] | None = None,
+    prefetched: Prefetched | None = None,
 ) -> BatchReport:
     """Store a checked batch in the caller's transaction; see :func:`ingest_batch`.
 
@@ -160,6 +235,9 @@ def store_checked(
     change, so they are not looked up again; the report's ``subjects`` holds
     the ones this batch looked up or created, to add to them once the transaction
     commits.
+
+    ``prefetched`` (:func:`chengxin.service.prefetch.prefetch`, read before this
+    transaction) spares the rescoring the records it still holds good.
     """
     report = BatchReport(results=list(batch.rejected))
     checked = batch.checked
@@ -188,6 +266,8 @@ def store_checked(
     stored = _stored_hashes(bulk, refs)
     targets = _targets(bulk, target_refs)
     known = known_subjects or {}
+    if prefetched is not None:  # a stored subject never changes: its id holds
+        known = {**known, **prefetched.subjects}
     unknown = {k for k in skeys if k is not None and k not in known}
     subject_map = repo.subject_ids_bulk(bulk, unknown)
     # Subjects are created only for accepted lines: a refused line stores nothing.
@@ -270,18 +350,18 @@ def store_checked(
         report.results.sort(key=lambda r: r.line)
         return report
     created = bulk.stamp(now)
+    inserted: dict[tuple[str, str], tuple[int, str]] = {}
     if new_subjects:
         # Dates travel as ISO text: what SQLAlchemy's Date stores on SQLite, and
         # what PostgreSQL casts to a date.
-        subject_map.update(
-            repo.insert_subject_rows(
-                bulk,
-                [
-                    (s.scheme, s.value, s.subject_kind, s.name, s.region, s.birth_date, created)
-                    for s in new_subjects.values()
-                ],
-            )
+        inserted = repo.insert_subject_rows(
+            bulk,
+            [
+                (s.scheme, s.value, s.subject_kind, s.name, s.region, s.birth_date, created)
+                for s in new_subjects.values()
+            ],
         )
+        subject_map.update(inserted)
 
     report.subjects = subject_map
     if not line_results:
@@ -291,6 +371,8 @@ def store_checked(
     new_rows: list[tuple[Any, ...]] = []
     status_updates: list[tuple[str, int, int]] = []
     affected: set[int] = set()
+    targeted: set[int] = set()  # subjects of the records the batch retracts or amends
+    stored_lines: dict[int, set[int]] = {}  # the lines of each subject the batch stores
     by_key: dict[tuple[str, str], tuple[int, int]] = {}  # records of this batch: id, subject
     add_entry, add_row, add_affected = entries.append, new_rows.append, affected.add
     # Records of this batch that a later line of it retracts or amends.
@@ -311,6 +393,7 @@ def store_checked(
             new_status = "retracted" if c.kind == "retraction" else "superseded"
             status_updates.append((new_status, seq, target_id))
             add_affected(target_subject)
+            targeted.add(target_subject)
         if skey is None:  # a retraction: the ledger entry names the retracted record's subject
             add_entry((c.kind, c.provider, c.ref, target_subject, c.payload, c.payload_hash))
             continue
@@ -336,13 +419,46 @@ def store_checked(
         if wanted and (c.provider, c.ref) in wanted:
             by_key[(c.provider, c.ref)] = (seq, subject_id)
         add_affected(subject_id)
+        stored_lines.setdefault(subject_id, set()).add(c.line)
+    facts = None
+    scored: dict[int, Scored] = {}
+    if rescore and prefetched is not None:  # before the batch's rows are stored
+        trusted = _trusted(
+            bulk,
+            prefetched,
+            top=top,
+            affected=affected,
+            created={sid for sid, _ in inserted.values()},
+        )
+        if (prefetched.policy_hash, prefetched.as_of) == (policy.content_hash, today):
+            scored = _prescored(
+                prefetched,
+                trusted=trusted,
+                targeted=targeted,
+                stored_lines=stored_lines,
+                subject_of=lambda key: (subject_map.get(key) or known.get(key) or (None,))[0],
+            )
+        facts = _facts_after(
+            bulk,
+            prefetched,
+            wanted=affected.difference(scored),
+            trusted=trusted,
+            new_rows=new_rows,
+            ended={target for _, _, target in status_updates},
+        )
     first = ledger.append_rows(bulk, entries, top=top, now=now)
     assert first == top.seq + 1
     bulk.insert("records", RECORD_COLUMNS, new_rows)
     bulk.executemany("UPDATE records SET status = ?, status_seq = ? WHERE id = ?", status_updates)
     if rescore:
         report.rescore = rescore_subjects(
-            session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now
+            session,
+            policy=policy,
+            subject_ids=sorted(affected),
+            as_of=today,
+            now=now,
+            facts=facts,
+            scored=scored,
         )
     else:
         mark_stale(session, policy=policy, subject_ids=sorted(affected), as_of=today, now=now)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from chengxin.domain.policy import Policy
-from chengxin.domain.scoring import score
+from chengxin.domain.scoring import RecordFact, score
 from chengxin.store import repo
 from chengxin.store.repo import Bulk
 
@@ -199,14 +199,27 @@ def rescore_subjects(
     subject_ids: Sequence[int],
     as_of: date,
     now: datetime,
+    facts: Mapping[int, Sequence[RecordFact]] | None = None,
+    scored: Mapping[int, Scored] | None = None,
 ) -> RescoreSummary:
-    """Score subjects from their stored records and store what changed."""
+    """Score subjects from their stored records and store what changed.
+
+    ``facts``, when given, holds every subject's records that can count, as
+    :func:`chengxin.store.repo.record_facts` would read them; they are not read again.
+    ``scored`` holds subjects already scored from those records.
+    """
+    done = scored or {}
     total = RescoreSummary()
     bulk = Bulk(session)
     for part in repo.chunks(list(subject_ids), 5000):
-        facts = repo.record_facts_bulk(bulk, part)
+        held = repo.record_facts_bulk(bulk, part) if facts is None else facts
         # What is stored needs no contributions: the scorer skips listing them.
-        results = {sid: score(policy, facts.get(sid, ()), as_of, explain=False) for sid in part}
+        results = {
+            sid: done[sid]
+            if sid in done
+            else score(policy, held.get(sid, ()), as_of, explain=False)
+            for sid in part
+        }
         total.add(store_results(session, policy=policy, results=results, now=now))
     return total
 

@@ -377,9 +377,29 @@ def record_facts_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, list[RecordFa
     )
     found.sort(key=itemgetter(0))  # record id order on every backend: reasons list rules in it
     for rid, sid, rtype, occurred, attributes, status in found:
-        attrs = _attributes(attributes) if attributes != "{}" else {}
-        out[int(sid)].append(RecordFact(int(rid), rtype, read_day(occurred), attrs, status))  # type: ignore[arg-type]
+        out[int(sid)].append(record_fact(int(rid), rtype, read_day(occurred), attributes, status))  # type: ignore[arg-type]
     return out
+
+
+def record_fact(
+    rid: int, rtype: str, occurred: date, attributes: str, status: str = "active"
+) -> RecordFact:
+    """The :class:`RecordFact` of a records row, its attributes given as their stored JSON text."""
+    return RecordFact(
+        rid, rtype, occurred, _attributes(attributes) if attributes != "{}" else {}, status
+    )
+
+
+def changed_since(bulk: Bulk, ids: Sequence[int], seq: int) -> set[int]:
+    """The subjects among ``ids`` with a records row that a ledger entry after ``seq`` changed.
+
+    A row's insert, retraction or amendment stamps ``status_seq`` with the
+    sequence number of the entry that made it.
+    """
+    found = bulk.rows_in(
+        "SELECT DISTINCT subject_id FROM records WHERE status_seq > ? AND subject_id", ids, (seq,)
+    )
+    return {int(sid) for (sid,) in found}
 
 
 def _attributes(text: str) -> dict[str, Any]:
