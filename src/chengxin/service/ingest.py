@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -163,11 +162,10 @@ def _facts_after(
             facts[sid] = [f for f in held.get(sid, ()) if f.id not in ended]
     for sid, read in repo.record_facts_bulk(bulk, sorted(unread)).items():
         facts[sid] = [f for f in read if f.id not in ended]
-    day = lru_cache(maxsize=None)(date.fromisoformat)  # what a Date column reads back
     for row in new_rows:
         rid, sid, rtype, occurred, attributes = row[0], row[1], row[2], row[4], row[8]
         if sid in facts and rid not in ended:
-            facts[sid].append(repo.record_fact(rid, rtype, day(occurred), attributes))
+            facts[sid].append(repo.record_fact(rid, rtype, repo.iso_day(occurred), attributes))
     return facts
 
 

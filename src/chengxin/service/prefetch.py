@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
 
 from sqlalchemy.orm import Session
 
@@ -71,7 +70,6 @@ def prefetch(session: Session, batch: CheckedLines, *, policy: Policy, as_of: da
     bulk = Bulk(session)
     subjects = repo.subject_ids_bulk(bulk, named)
     facts = repo.record_facts_bulk(bulk, sorted({sid for sid, _ in subjects.values()}))
-    day = lru_cache(maxsize=None)(date.fromisoformat)  # what a Date column reads back
     scored: dict[tuple[str, str], tuple[frozenset[int], ScoreResult]] = {}
     for key, lines in named.items():
         if any(c.target is not None for c in lines):
@@ -80,7 +78,7 @@ def prefetch(session: Session, batch: CheckedLines, *, policy: Policy, as_of: da
         held = facts[found[0]] if found is not None else []
         # Ids after any stored: the order the records will have (ids themselves do not count).
         new = [
-            repo.record_fact(seq + n, c.type, day(c.occurred_at), c.attributes)  # type: ignore[arg-type]
+            repo.record_fact(seq + n, c.type, repo.iso_day(c.occurred_at), c.attributes)  # type: ignore[arg-type]
             for n, c in enumerate(lines, start=1)
         ]
         result = score(policy, [*held, *new], as_of, explain=False)

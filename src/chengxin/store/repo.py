@@ -381,6 +381,12 @@ def record_facts_bulk(bulk: Bulk, ids: Sequence[int]) -> dict[int, list[RecordFa
     return out
 
 
+@lru_cache(maxsize=4096)
+def iso_day(text: str) -> date:
+    """An ISO date as a Date column reads it back (memoised: records share few days)."""
+    return date.fromisoformat(text)
+
+
 def record_fact(
     rid: int, rtype: str, occurred: date, attributes: str, status: str = "active"
 ) -> RecordFact:

@@ -100,13 +100,11 @@ def _check(
     (service/prefetch.py).
     """
     today = clock.today()
-    sessions = request.app.state.sessions
-    with read_transaction(sessions) as reader:
+    with read_transaction(request.app.state.sessions) as reader:
         policy = active_policy(reader, on=today).policy
-    checked = check_lines(list(enumerate(lines, start=1)), policy, today)
-    if not prefetch_facts or not checked.checked:
-        return Checking(policy, checked)
-    with read_transaction(sessions) as reader:
+        checked = check_lines(list(enumerate(lines, start=1)), policy, today)
+        if not prefetch_facts or not checked.checked:
+            return Checking(policy, checked)
         return Checking(policy, checked, prefetch(reader, checked, policy=policy, as_of=today))
 
 
