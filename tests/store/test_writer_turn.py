@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,12 @@ def test_a_writer_that_gives_up_leaves_the_line() -> None:
     line.release()
     assert line.acquire(0.01)  # free again
     line.release()
+
+
+def test_a_file_that_cannot_be_opened_fails_as_sqlite_does(tmp_path: Path) -> None:
+    missing = tmp_path / "no such directory" / "x.sqlite"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exception in __del__ would surface as a warning
+        with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+            sqlite3.connect(missing, factory=TakingTurns)
+        gc.collect()

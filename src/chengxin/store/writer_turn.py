@@ -157,9 +157,9 @@ class TakingTurns(sqlite3.Connection):
 
     def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
         """Open ``database`` as :func:`sqlite3.connect` does."""
+        self._holding = False  # before the base can fail: __del__ runs on a failed open too
         super().__init__(database, *args, **kwargs)
         self.turn = WriterTurn.of(os.fsdecode(database))
-        self._holding = False
 
     def begin_write(self) -> None:
         """Take the turn, then ``BEGIN IMMEDIATE``."""
