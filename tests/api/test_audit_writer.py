@@ -125,3 +125,44 @@ def test_no_decision_is_given_when_its_audit_event_cannot_be_committed(
     assert r.status_code == 500
     assert "decision" not in r.text
     assert rows(audit_events) == []
+
+
+def test_a_batch_after_a_failed_one_is_written_on_a_fresh_connection(
+    engine: Engine,
+    clock: FixedClock,
+    principals: dict[str, tuple[Principal, str]],
+    rows: Rows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service, _ = principals["service"]
+    real = audit.append_bulk
+    calls: list[Any] = []
+
+    def fails_once(bulk: Any, drafts: Any) -> list[int]:
+        calls.append(bulk)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return real(bulk, drafts)
+
+    monkeypatch.setattr(audit, "append_bulk", fails_once)
+    writer = AuditWriter(engine)
+
+    async def one(n: int) -> Any:
+        try:
+            return await writer.append(event(service, clock, n))
+        except OSError as exc:
+            return exc
+
+    try:
+        failed = asyncio.run(one(0))
+        held = writer._conn
+        second, third = asyncio.run(one(1)), asyncio.run(one(2))
+    finally:
+        writer.close()
+    assert isinstance(failed, OSError)
+    assert held is None  # the failed batch's connection was let go
+    assert (second, third) == (1, 2)
+    assert writer._conn is None  # and the held one is given back when the writer closes
+    assert [e.purpose for e in rows(audit_events)] == ["booking 1", "booking 2"]
+    with transaction(engine) as session:
+        assert audit.verify_audit(session).ok

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, insert, select, update
 
 from chengxin.domain.identifiers import SubjectId, make_rid, parse_identifier
 from chengxin.domain.policy import Policy
@@ -21,7 +21,7 @@ from chengxin.service.ingest import ingest_batch
 from chengxin.service.subjects import check as reference_check
 from chengxin.store import repo
 from chengxin.store.db import transaction
-from chengxin.store.schema import consents, snapshots
+from chengxin.store.schema import consents, snapshots, subjects
 
 # (type, attributes) of the records people get: list entries, penalties, rewards.
 KINDS: list[tuple[str, dict[str, Any] | None]] = [
@@ -138,6 +138,16 @@ def test_the_checker_decides_as_the_reference(
                         clock=clock,
                     )
                 assert fast == slow, (rid, measure, service)
+            # The id the check's audit event names, read in the checker's one statement.
+            with transaction(engine) as session:
+                row = session.execute(
+                    select(subjects.c.id).where(
+                        subjects.c.scheme == "cn-rid", subjects.c.value == rid
+                    )
+                ).scalar_one_or_none()
+            consulted = {m.code: m.consulted_by for m in policy.measures}
+            measure, service = next((m, s) for m, s in _questions(policy) if s in consulted[m])
+            assert checker.check_subject(subject, measure, service)[1] == row
     finally:
         checker.close()
 

@@ -221,10 +221,15 @@ def get_session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def get_clock(request: Request) -> Clock:
-    """The app's clock (a fixed one in tests)."""
+def clock_of(request: Request) -> Clock:
+    """The app's clock (a fixed one in tests), without a dependency to solve."""
     clock: Clock = request.app.state.runtime.clock
     return clock
+
+
+async def get_clock(request: Request) -> Clock:
+    """The app's clock (a fixed one in tests)."""
+    return clock_of(request)
 
 
 Now = Annotated[Clock, Depends(get_clock)]
@@ -288,7 +293,6 @@ def _from_cookie(request: Request, cookie: str, now: datetime) -> Principal:
 
 async def current_principal(
     request: Request,
-    clock: Now,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     cookie: Annotated[str | None, Depends(cookie_scheme)],
 ) -> Principal:
@@ -298,7 +302,7 @@ async def current_principal(
     header = request.headers.get("authorization")
     if header is None and cookie is None:
         raise _unauthenticated("credentials are required: an API key or a session cookie")
-    now = clock.now()
+    now = clock_of(request).now()
     try:
         if header is not None:
             if bearer is None:

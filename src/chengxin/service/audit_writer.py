@@ -15,9 +15,11 @@ batch.
 The chain is unchanged: events are appended in the order they were
 submitted, hash-chained after the head, which each batch locks (a row lock
 on PostgreSQL, the writer lock on SQLite), so the writers of several worker
-processes interleave whole batches. Subjects are named by identifier and
-resolved to internal ids in the batch (one query), so an unknown subject is
-audited without one, as :func:`chengxin.service.audit.record_check` does.
+processes interleave whole batches. Subjects are named by internal id in
+the draft, or by identifier and resolved to internal ids in the batch (one
+query), so an unknown subject is audited without one, as
+:func:`chengxin.service.audit.record_check` does. The writer thread holds
+one connection from batch to batch (a fresh one after a failed batch).
 
 A caller may hand over a *job* instead of a finished event
 (:meth:`AuditWriter.run`): a function that runs on the writer thread just
@@ -45,7 +47,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from chengxin.domain.identifiers import SubjectId
 from chengxin.service import audit
@@ -110,6 +112,7 @@ class AuditWriter:
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None  # the writer thread's, held between batches
         self._closed = False
         self.batches = 0
         """Transactions committed so far."""
@@ -161,7 +164,7 @@ class AuditWriter:
         while not stop:
             first = self._queue.get()
             if first is _STOP:
-                return
+                break
             batch: list[_Pending] = [first]  # type: ignore[list-item]
             deadline = time.monotonic() + self._wait
             while len(batch) < self._max:
@@ -180,6 +183,20 @@ class AuditWriter:
                     break
                 batch.append(item)  # type: ignore[arg-type]
             self._write(batch)
+        self._drop_connection()
+
+    def _connection(self) -> Connection:
+        # Held from batch to batch: a pool checkout, its reset and its return cost
+        # more than a small batch's insert.
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection is discarded anyway
+                conn.close()
 
     def _write(self, pending: list[_Pending]) -> None:
         outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
@@ -208,7 +225,8 @@ class AuditWriter:
         if not batch:
             return
         try:
-            with self._engine.begin() as conn:
+            conn = self._connection()
+            with conn.begin():
                 bulk = repo.Bulk(conn)
                 named = {(p.subject.scheme, p.subject.value) for p, _, _ in batch if p.subject}
                 ids = repo.subject_ids_bulk(bulk, sorted(named)) if named else {}
@@ -221,6 +239,7 @@ class AuditWriter:
                 seqs = audit.append_bulk(bulk, drafts)
         except BaseException as exc:  # every submitter learns that its event was not written
             log.exception("audit batch of %d events failed", len(batch))
+            self._drop_connection()  # the next batch starts on a fresh one
             for p, _, _ in batch:
                 outcomes.setdefault(p.loop, []).append((p.future, None, exc))
             if not isinstance(exc, Exception):

@@ -147,6 +147,13 @@ class Checker:
 
     def check(self, subject: SubjectId, measure: str, service: str) -> Decision:
         """The decision for one measure, exactly as the reference path gives it."""
+        return self.check_subject(subject, measure, service)[0]
+
+    def check_subject(
+        self, subject: SubjectId, measure: str, service: str
+    ) -> tuple[Decision, int | None]:
+        """:meth:`check`, and the subject's internal id (None if chengxin holds nothing on it),
+        read in the same statement: what the check's audit event names."""
         today = self._clock.today()
         (act, sid, grade, as_of, next_change, stale, policy_hash, lists, consents) = self._rows(
             self._sql, (measure, subject.scheme, subject.value)
@@ -163,7 +170,7 @@ class Checker:
                 f"{', '.join(mp.measure.consulted_by)}); hard line 6 (least disclosure)"
             )
         if sid is None:
-            return mp.unknown
+            return mp.unknown, None
         day = plan.day_key
         if (
             grade is None
@@ -172,16 +179,16 @@ class Checker:
             or as_of > day
             or (next_change is not None and next_change <= day)
         ):
-            return self._reference(subject, measure, service)
+            return self._reference(subject, measure, service), int(sid)
         if mp.trigger_list is not None:
             hit = lists is not None and mp.trigger_list in lists.split(",")
         else:
             hit = grade in mp.grades
         if not hit:
-            return mp.allow
+            return mp.allow, int(sid)
         if mp.sanction:
-            return self._denial(plan, int(sid), measure)
-        return mp.grant if consents or not mp.consent_required else mp.allow
+            return self._denial(plan, int(sid), measure), int(sid)
+        return (mp.grant if consents or not mp.consent_required else mp.allow), int(sid)
 
     def _denial(self, plan: _Plan, subject_id: int, measure: str) -> Decision:
         """A sanction that holds: score the subject from its records for the reasons."""

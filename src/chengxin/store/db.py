@@ -47,8 +47,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cur.close()
 
 
-def make_engine(db: str | None) -> Engine:
-    """An engine for ``--db`` with the connection settings chengxin relies on."""
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+
+def make_engine(db: str | None, *, background_checkpoints: bool = False) -> Engine:
+    """An engine for ``--db`` with the connection settings chengxin relies on.
+
+    With ``background_checkpoints``, no commit on a SQLite connection of this
+    engine checkpoints the write-ahead log: the caller runs a
+    :class:`~chengxin.store.checkpoints.Checkpointer` instead.
+    """
     url = database_url(db)
     if url.startswith("sqlite"):
         # Write transactions take turns (store/writer_turn.py) rather than poll SQLite's lock.
@@ -56,6 +65,8 @@ def make_engine(db: str | None) -> Engine:
             url, connect_args={"check_same_thread": False, "factory": TakingTurns}
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if background_checkpoints:
+            event.listen(engine, "connect", _no_autocheckpoint)
 
         # Let SQLAlchemy, not pysqlite, decide when transactions begin, so a
         # write transaction takes the lock at BEGIN (no upgrade deadlocks).

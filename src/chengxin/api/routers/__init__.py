@@ -22,6 +22,8 @@ def include_all(app: FastAPI) -> None:
     )
 
     app.include_router(deps.install(app))
+    # Starlette tries routes in order: the busiest first (checks), then the probes.
+    app.include_router(checks.router)
     app.include_router(health.router)
-    for module in (records, checks, subjects, lists, public, policies, audit, session, webhooks):
+    for module in (records, subjects, lists, public, policies, audit, session, webhooks):
         app.include_router(module.router)
