@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -41,19 +42,23 @@ def event(who: Principal, clock: FixedClock, n: int) -> audit.EventDraft:
     )
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_concurrent_events_are_committed_in_batches_and_the_chain_verifies(
     engine: Engine,
     clock: FixedClock,
     principals: dict[str, tuple[Principal, str]],
     rid: Callable[[int], str],
     rows: Rows,
+    inline: bool,
 ) -> None:
     service, _ = principals["service"]
     known = parse_identifier("cn-rid", rid(1))  # the subject principal's row exists
     unknown = parse_identifier("cn-rid", rid(777))
-    # A long wait gathers all 50 submissions; at most 20 go in one transaction.
+    # A long wait gathers all 50 submissions on the thread; inline, one pass of the loop
+    # does. At most 20 go in one transaction.
     observed: list[int] = []
-    writer = AuditWriter(engine, max_batch=20, wait=timedelta(seconds=5), observer=observed.append)
+    wait = timedelta(seconds=0 if inline else 5)
+    writer = AuditWriter(engine, max_batch=20, wait=wait, observer=observed.append, inline=inline)
 
     async def submit_all() -> list[int]:
         return await asyncio.gather(
@@ -78,30 +83,85 @@ def test_concurrent_events_are_committed_in_batches_and_the_chain_verifies(
         assert audit.verify_audit(session).ok
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_a_job_that_fails_gets_its_error_and_the_others_of_its_batch_are_written(
-    engine: Engine, clock: FixedClock, principals: dict[str, tuple[Principal, str]], rows: Rows
+    engine: Engine,
+    clock: FixedClock,
+    principals: dict[str, tuple[Principal, str]],
+    rows: Rows,
+    inline: bool,
 ) -> None:
     service, _ = principals["service"]
-    writer = AuditWriter(engine, max_batch=3, wait=timedelta(seconds=5))
+    writer = AuditWriter(
+        engine, max_batch=4, wait=timedelta(seconds=0 if inline else 5), inline=inline
+    )
 
-    def job(n: int) -> Callable[[], tuple[str, audit.EventDraft]]:
-        def run() -> tuple[str, audit.EventDraft]:
+    def job(n: int) -> Callable[[], tuple[str, audit.EventDraft | None]]:
+        def run() -> tuple[str, audit.EventDraft | None]:
             if n == 1:
                 raise LookupError("no such measure")
+            if n == 3:
+                return "decided elsewhere", None  # no event: nothing appended for it
             return f"decision {n}", event(service, clock, n)
 
         return run
 
     async def submit_all() -> list[Any]:
-        return await asyncio.gather(*(writer.run(job(n)) for n in range(3)), return_exceptions=True)
+        return await asyncio.gather(*(writer.run(job(n)) for n in range(4)), return_exceptions=True)
 
     try:
-        first, failed, third = asyncio.run(submit_all())
+        first, failed, third, abstained = asyncio.run(submit_all())
     finally:
         writer.close()
     assert first == ("decision 0", 1) and third == ("decision 2", 2)
     assert isinstance(failed, LookupError)
+    assert abstained == ("decided elsewhere", 0)
     assert [e.purpose for e in rows(audit_events)] == ["booking 0", "booking 2"]
+
+
+def test_inline_batches_go_to_the_thread_while_another_writer_has_the_turn(
+    engine: Engine,
+    clock: FixedClock,
+    principals: dict[str, tuple[Principal, str]],
+    rows: Rows,
+    backend: str,
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("writers take turns on SQLite only")
+    service, _ = principals["service"]
+    where: list[str] = []
+    writer = AuditWriter(
+        engine, observer=lambda _: where.append(threading.current_thread().name), inline=True
+    )
+    holder = engine.raw_connection()  # another writer, holding the turn
+    dbapi: Any = holder.dbapi_connection
+    dbapi.begin_write()
+
+    async def scenario() -> tuple[list[int], int]:
+        ticks = 0
+        first = asyncio.gather(*(writer.append(event(service, clock, n)) for n in range(3)))
+        for _ in range(20):  # the loop goes on while the turn is taken
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not first.done()
+        again = writer.append(event(service, clock, 3))  # behind the first: to the thread too
+        dbapi.rollback()  # the other writer lets go
+        seqs = [*await first, await again]
+        await asyncio.sleep(0)
+        seqs.append(await writer.append(event(service, clock, 4)))  # caught up: inline again
+        return seqs, ticks
+
+    try:
+        seqs, ticks = asyncio.run(scenario())
+    finally:
+        writer.close()
+        holder.close()
+    assert ticks == 20
+    assert seqs == [1, 2, 3, 4, 5]  # submission order is chain order
+    assert where[0] == "chengxin-audit-writer" and where[-1] == threading.current_thread().name
+    assert [e.purpose for e in rows(audit_events)] == [f"booking {n}" for n in range(5)]
+    with transaction(engine) as session:
+        assert audit.verify_audit(session).ok
 
 
 def test_no_decision_is_given_when_its_audit_event_cannot_be_committed(

@@ -137,3 +137,29 @@ def test_every_check_is_audited_with_measure_decision_and_purpose(
     )
     assert e.subject_id is not None
     assert '"decision":"deny"' in e.detail and '"measure":"transport.flight_booking"' in e.detail
+
+
+def test_a_subject_to_rescore_first_is_rescored_answered_and_audited_once(
+    client: TestClient,
+    auth: Auth,
+    ingest: Any,
+    record_line: Any,
+    rid: Callable[[int], str],
+    rows: Rows,
+    engine: Any,
+) -> None:
+    from sqlalchemy import update
+
+    from chengxin.store.db import transaction
+    from chengxin.store.schema import snapshots
+
+    assert ingest(record_line(rid=rid(2))).count("accepted") == 1
+    with transaction(engine) as session:  # as after a correction elsewhere: not to be trusted
+        session.execute(update(snapshots).values(stale=True))
+    r = ask(client, auth, rid(2))
+    assert r.status_code == 200 and r.json()["decision"] == "deny"
+    events = rows(audit_events)
+    assert len(events) == 1 and events[0].subject_id is not None
+    assert '"decision":"deny"' in events[0].detail
+    stale = rows(snapshots)
+    assert stale and not any(s.stale for s in stale)  # rescored (and stored) on the way

@@ -214,3 +214,67 @@ def test_a_file_that_cannot_be_opened_fails_as_sqlite_does(tmp_path: Path) -> No
         with pytest.raises(sqlite3.OperationalError, match="unable to open"):
             sqlite3.connect(missing, factory=TakingTurns)
         gc.collect()
+
+
+def test_a_turn_taken_ahead_is_had_at_once_or_not_at_all(db: Path) -> None:
+    first = sqlite3.connect(db, factory=TakingTurns, isolation_level=None, check_same_thread=False)
+    second = sqlite3.connect(db, factory=TakingTurns, isolation_level=None)
+    try:
+        assert first.try_turn()
+        assert not is_free(turn_of(db))
+        assert not second.try_turn()  # never waits: another writer has the turn
+        first.begin_write()  # with the turn taken ahead, no wait
+        first.execute("INSERT INTO n VALUES (1, 'first')")
+        first.commit()
+        assert is_free(turn_of(db))
+        assert second.try_turn()
+        second.begin_write()
+        second.rollback()
+        assert is_free(turn_of(db))
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_turn_taken_ahead_is_given_back_if_begin_fails(db: Path) -> None:
+    conn = sqlite3.connect(db, factory=TakingTurns, isolation_level=None)
+    other = sqlite3.connect(db, isolation_level=None)  # a writer that takes no turns
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        conn.execute("PRAGMA busy_timeout=10")
+        assert conn.try_turn()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            conn.begin_write()
+        assert is_free(turn_of(db))
+    finally:
+        other.rollback()
+        other.close()
+        conn.close()
+
+
+def test_a_turn_held_by_another_process_is_not_had_ahead(db: Path) -> None:
+    script = (
+        "import sys; from chengxin.store.writer_turn import WriterTurn;"
+        f"t = WriterTurn.of({str(db)!r}); t.acquire(); print('held', flush=True);"
+        "sys.stdin.readline(); t.release()"
+    )
+    conn = sqlite3.connect(db, factory=TakingTurns, isolation_level=None)
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            assert not conn.try_turn()
+            assert not turn_of(db).try_acquire()  # this process's line was left free again
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(30) == 0
+        finally:
+            holder.kill()
+    try:
+        assert conn.try_turn()
+        conn.rollback()
+        assert is_free(turn_of(db))
+    finally:
+        conn.close()

@@ -137,7 +137,7 @@ class ApiState:
     keys: KeyCache
     audit: AuditWriter
     decide_on_writer: bool
-    """Checks decide on the audit writer's thread (SQLite: in process) or in the pool (a server)."""
+    """Checks decide with the audit writer's batch (SQLite, in process) or in the pool."""
 
 
 def install(app: FastAPI) -> APIRouter:
@@ -158,6 +158,7 @@ def install(app: FastAPI) -> APIRouter:
             max_batch=settings.audit_batch_max,
             wait=timedelta(milliseconds=settings.audit_batch_wait_ms),
             observer=app.state.metrics.audit_batch.observe,
+            inline=runtime.engine.dialect.name == "sqlite",
         ),
         decide_on_writer=runtime.engine.dialect.name == "sqlite",
     )

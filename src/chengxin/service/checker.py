@@ -147,13 +147,20 @@ class Checker:
 
     def check(self, subject: SubjectId, measure: str, service: str) -> Decision:
         """The decision for one measure, exactly as the reference path gives it."""
-        return self.check_subject(subject, measure, service)[0]
+        decision = self.check_subject(subject, measure, service)[0]
+        assert decision is not None  # rescored when it had to be
+        return decision
 
     def check_subject(
-        self, subject: SubjectId, measure: str, service: str
-    ) -> tuple[Decision, int | None]:
+        self, subject: SubjectId, measure: str, service: str, *, rescore: bool = True
+    ) -> tuple[Decision | None, int | None]:
         """:meth:`check`, and the subject's internal id (None if chengxin holds nothing on it),
-        read in the same statement: what the check's audit event names."""
+        read in the same statement: what the check's audit event names.
+
+        With ``rescore=False`` a subject whose snapshot cannot be trusted is not
+        rescored here (that writes, in a transaction of its own): the decision
+        is then None, and the caller takes the reference path where it may wait.
+        """
         today = self._clock.today()
         (act, sid, grade, as_of, next_change, stale, policy_hash, lists, consents) = self._rows(
             self._sql, (measure, subject.scheme, subject.value)
@@ -179,6 +186,8 @@ class Checker:
             or as_of > day
             or (next_change is not None and next_change <= day)
         ):
+            if not rescore:
+                return None, int(sid)
             return self._reference(subject, measure, service), int(sid)
         if mp.trigger_list is not None:
             hit = lists is not None and mp.trigger_list in lists.split(",")

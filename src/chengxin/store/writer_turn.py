@@ -66,6 +66,14 @@ class FifoLock:
                 return True  # handed over just as the wait ended: ours after all
             return False
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (no one holds it, so no one waits); never waits."""
+        with self._mutex:
+            if self._held:
+                return False
+            self._held = True
+            return True
+
     def release(self) -> None:
         """Hand the lock to the longest waiter, or free it."""
         with self._mutex:
@@ -129,6 +137,22 @@ class WriterTurn:
             self._line.release()
             raise
 
+    def try_acquire(self) -> bool:
+        """Take the turn if no writer of any process has it; never waits."""
+        if not self._line.try_acquire():
+            return False
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process's writer has it
+            self._line.release()
+            return False
+        except BaseException:
+            self._line.release()
+            raise
+        return True
+
     def release(self) -> None:
         """Give the turn to the next writer."""
         try:
@@ -158,13 +182,25 @@ class TakingTurns(sqlite3.Connection):
     def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
         """Open ``database`` as :func:`sqlite3.connect` does."""
         self._holding = False  # before the base can fail: __del__ runs on a failed open too
+        self._taken_ahead = False  # by try_turn, for the next begin_write
         super().__init__(database, *args, **kwargs)
         self.turn = WriterTurn.of(os.fsdecode(database))
 
+    def try_turn(self) -> bool:
+        """Take the turn now if it is free (True), for a ``begin_write`` that then cannot wait
+        for it; False if another writer has it. A connection without a turn always may."""
+        if self.turn is None or self._holding:
+            return True
+        if not self.turn.try_acquire():
+            return False
+        self._holding = self._taken_ahead = True
+        return True
+
     def begin_write(self) -> None:
-        """Take the turn, then ``BEGIN IMMEDIATE``."""
-        took = self.turn is not None and not self._holding
-        if took:
+        """Take the turn (unless :meth:`try_turn` took it), then ``BEGIN IMMEDIATE``."""
+        ahead, self._taken_ahead = self._taken_ahead, False
+        took = self.turn is not None and (ahead or not self._holding)
+        if took and not ahead:
             assert self.turn is not None
             self.turn.acquire()
             self._holding = True
@@ -176,6 +212,7 @@ class TakingTurns(sqlite3.Connection):
             raise
 
     def _give_back(self) -> None:
+        self._taken_ahead = False
         if self._holding:
             self._holding = False
             assert self.turn is not None

@@ -1,13 +1,16 @@
 """Services check a measure for a subject: the decision, never the score or the records.
 
 The path is kept lean for the load target (2,000 checks/s, p99 < 20 ms): the
-route is ``async``. On SQLite it hands work to a thread once: the process's
-group-commit audit writer (:mod:`chengxin.service.audit_writer`) makes the
-decision (a pooled fast checker: one indexed query, in process) on its
-thread and appends its event with those of the checks under way. On
-PostgreSQL, where each decision is a round trip to the server, decisions
-are made in the thread pool, several at a time (one per pooled checker),
-and only their events go to the writer. Either way the route awaits the
+route is ``async``. On SQLite the process's group-commit audit writer
+(:mod:`chengxin.service.audit_writer`, inline) makes the decision (a pooled
+fast checker: one indexed query, in process) at the end of the event loop's
+pass and commits its event with those of the other checks of that pass, on
+the loop while the writers' turn is free, else on its thread. A subject
+whose snapshot cannot be trusted is rescored in the thread pool instead,
+since that writes (and may wait for its turn). On PostgreSQL, where each
+decision is a round trip to the server, decisions are made in the thread
+pool, several at a time (one per pooled checker), and only their events go
+to the writer. Either way the route awaits the
 writer, so the answer leaves only once its event is committed. The key check is
 cached (:mod:`chengxin.service.keycache`). A subject chengxin holds
 nothing on is answered as a subject with no records, and audited without a
@@ -58,11 +61,13 @@ async def create_check(
     assert caller.service_kind is not None  # a service always has one
     state, measure, kind = api_state(request), body.measure, caller.service_kind
 
-    def decide() -> tuple[Decision, audit.EventDraft]:
-        # On the audit writer's thread: the decision from a pooled fast checker, and
-        # the event that records it, appended with the batch this check joins.
+    def decide(rescore: bool) -> tuple[Decision | None, audit.EventDraft | None]:
+        # The decision from a pooled fast checker, and the event that records it.
+        # Without ``rescore``, a subject to be rescored first gets neither (None, None).
         with state.checkers.checker() as checker:
-            decision, subject_id = checker.check_subject(subject, measure, kind)
+            decision, subject_id = checker.check_subject(subject, measure, kind, rescore=rescore)
+        if decision is None:
+            return None, None
         event = audit.draft(
             principal=caller,
             action="check",
@@ -75,10 +80,12 @@ async def create_check(
 
     # No answer before its audit event is committed (hard line 5): the writer
     # commits the events of concurrent checks together and resolves this then.
-    if state.decide_on_writer:
-        decision, _ = await state.audit.run(decide)
-    else:
-        decision, event = await run_in_threadpool(decide)
+    decision: Decision | None = None
+    if state.decide_on_writer:  # SQLite: decided with the batch, on the event loop
+        decision, _ = await state.audit.run(lambda: decide(rescore=False))
+    if decision is None:  # on PostgreSQL, or a subject to rescore first: in the thread pool
+        decision, event = await run_in_threadpool(decide, True)
+        assert decision is not None and event is not None
         await state.audit.append(event)
     observe_check(request, measure=decision.measure, decision=decision.outcome)
     return Response(answer(decision), media_type="application/json")
