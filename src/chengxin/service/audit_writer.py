@@ -38,9 +38,9 @@ which its caller then does where waiting is harmless).
 no round trip): there is no hand-off at all while the writers' turn is free.
 The events and jobs submitted during one pass of the event loop are gathered
 and, at the end of that pass, run and committed on the loop itself. Two
-threads taking turns at the GIL cost more than the work they share: on one
-core in process, a check took 340-400 µs of CPU through the writer thread
-and 230-240 µs inline. The loop must never wait on another writer,
+threads taking turns at the GIL cost more than the work they share: in
+process (``bench/bench_check_route.py``), a check took 370 µs of CPU with
+the thread and 274-284 µs inline. The loop must never wait on another writer,
 though: the turn is only taken if it is free at once
 (:meth:`~chengxin.store.writer_turn.TakingTurns.try_turn`); if another
 writer has it, the batch, its jobs already run, goes to the writer thread,
