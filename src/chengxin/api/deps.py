@@ -146,6 +146,7 @@ def install(app: FastAPI) -> APIRouter:
     settings = runtime.settings
     # A random secret when none is set: sessions then end when the process does.
     secret = settings.session_secret or secrets.token_urlsafe(32)
+    sqlite = runtime.engine.dialect.name == "sqlite"  # one process, no round trips: inline
     app.state.api = ApiState(
         session_secret=secret,
         limiter=MovingWindowRateLimiter(MemoryStorage()),
@@ -158,9 +159,9 @@ def install(app: FastAPI) -> APIRouter:
             max_batch=settings.audit_batch_max,
             wait=timedelta(milliseconds=settings.audit_batch_wait_ms),
             observer=app.state.metrics.audit_batch.observe,
-            inline=runtime.engine.dialect.name == "sqlite",
+            inline=sqlite,
         ),
-        decide_on_writer=runtime.engine.dialect.name == "sqlite",
+        decide_on_writer=sqlite,
     )
 
     async def handle(_: Request, exc: Exception) -> Response:

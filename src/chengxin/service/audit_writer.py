@@ -201,10 +201,7 @@ class AuditWriter:
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout)
-        conn, self._loop_conn = self._loop_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._drop_connection(on_loop=True)
 
     # -- inline: on the submitting event loop ------------------------------------
 
@@ -227,9 +224,7 @@ class AuditWriter:
             behind = self._behind > 0
         if not behind:
             try:
-                if self._loop_conn is None:
-                    self._loop_conn = self._engine.connect()
-                dbapi = self._loop_conn.connection.dbapi_connection
+                dbapi = self._connection(on_loop=True).connection.dbapi_connection
                 free = not isinstance(dbapi, TakingTurns) or dbapi.try_turn()
             except Exception as exc:
                 self._failed(ready, outcomes, exc, on_loop=True)

@@ -129,23 +129,19 @@ class WriterTurn:
         """
         if not self._line.acquire(timeout):
             raise sqlite3.OperationalError("database is locked")
-        try:
-            fd = self._file()
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._line.release()
-            raise
+        self._lock_file(fcntl.LOCK_EX)
 
     def try_acquire(self) -> bool:
         """Take the turn if no writer of any process has it; never waits."""
-        if not self._line.try_acquire():
-            return False
+        return self._line.try_acquire() and self._lock_file(fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _lock_file(self, flags: int) -> bool:
+        # With the process's line held: the file lock, or the line given back.
         try:
             fd = self._file()
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process's writer has it
+                fcntl.flock(fd, flags)
+        except BlockingIOError:  # LOCK_NB only: another process's writer has it
             self._line.release()
             return False
         except BaseException:
