@@ -7,10 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from fastapi import FastAPI
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from chengxin.api.deps import _bearer_token
 from chengxin.domain.identifiers import parse_identifier
 from chengxin.service.clock import FixedClock
 from chengxin.service.errors import Invalid, NotFound
@@ -61,6 +65,8 @@ def test_keys_are_stored_hashed_with_argon2id_and_only_their_prefix_in_clear(
         "Bearer not-a-key",
         "Basic dXNlcjpwYXNz",
         "Bearer",
+        "Bearer ",
+        "",
     ],
 )
 def test_unknown_and_malformed_credentials_are_401(
@@ -318,3 +324,20 @@ def test_log_in_attempts_are_rate_limited(
     assert codes == [401] * 10 + [429]
     r = log_in(client, password)
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+
+
+PIECES = st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", " ", "\t", "x", "_"])
+
+
+@given(st.lists(PIECES, max_size=6).map("".join) | st.text(max_size=12))
+def test_the_bearer_token_is_read_as_fastapis_http_bearer_reads_it(header: str) -> None:
+    # current_principal reads the header itself (no sub-dependency to solve);
+    # it must take exactly the tokens HTTPBearer would.
+    scheme, credentials = get_authorization_scheme_param(header)
+    expected = credentials if scheme.lower() == "bearer" and credentials else None
+    assert _bearer_token(header) == expected
+
+
+def test_the_scheme_name_is_not_case_sensitive(client: TestClient, keys: dict[str, str]) -> None:
+    r = client.get("/v1/policies/active", headers={"Authorization": f"bEaReR {keys['admin']}"})
+    assert r.status_code == 200, r.text

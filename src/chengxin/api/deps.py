@@ -32,9 +32,10 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.dependencies.models import Dependant, SecurityRequirement
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPBearer
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -293,25 +294,35 @@ def _from_cookie(request: Request, cookie: str, now: datetime) -> Principal:
         )
 
 
-async def current_principal(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    cookie: Annotated[str | None, Depends(cookie_scheme)],
-) -> Principal:
-    """The authenticated caller: an API key, or a session cookie (+ CSRF token when unsafe)."""
+def _bearer_token(header: str) -> str | None:
+    """The credentials of ``Authorization: Bearer <token>``, as ``HTTPBearer`` reads them."""
+    scheme, _, token = header.partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def current_principal(request: Request) -> Principal:
+    """The authenticated caller: an API key, or a session cookie (+ CSRF token when unsafe).
+
+    It reads the two credentials itself rather than through ``bearer_scheme``
+    and ``cookie_scheme`` as sub-dependencies: each solved dependency costs
+    every request a step. The OpenAPI document still names both schemes
+    (:func:`declares_credentials`, applied by :class:`GuardedRoute`).
+    """
     from chengxin.service.principals import Unauthenticated
 
     header = request.headers.get("authorization")
+    cookie = request.cookies.get(COOKIE_NAME) or None  # as APIKeyCookie: empty is none
     if header is None and cookie is None:
         raise _unauthenticated("credentials are required: an API key or a session cookie")
     now = clock_of(request).now()
     try:
         if header is not None:
-            if bearer is None:
+            token = _bearer_token(header)
+            if token is None:
                 raise Unauthenticated("use `Authorization: Bearer <API key>`")
-            principal = api_state(request).keys.get(bearer.credentials, now=now)
+            principal = api_state(request).keys.get(token, now=now)
             if principal is None:
-                principal = await run_in_threadpool(_from_key, request, bearer.credentials, now)
+                principal = await run_in_threadpool(_from_key, request, token, now)
         else:
             assert cookie is not None
             principal = await run_in_threadpool(_from_cookie, request, cookie, now)
@@ -319,6 +330,34 @@ async def current_principal(
         raise _unauthenticated(str(exc), exc.reason) from None
     request.state.principal = principal  # for the access log (api/middleware.py)
     return principal
+
+
+CREDENTIALS = (bearer_scheme, cookie_scheme)
+"""The ways to authenticate, in the order the OpenAPI document lists them."""
+
+
+def declares_credentials(dependency: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``dependency`` as authenticating: its routes list :data:`CREDENTIALS` in OpenAPI."""
+    dependency.__chengxin_credentials__ = CREDENTIALS  # type: ignore[attr-defined]
+    return dependency
+
+
+declares_credentials(current_principal)
+
+
+def _declare_credentials(dependant: Dependant) -> None:
+    """Give each authenticating dependency in the tree its OpenAPI security requirements.
+
+    FastAPI reads security requirements only to write the OpenAPI document;
+    solving a request never looks at them.
+    """
+    for sub in dependant.dependencies:
+        schemes = getattr(sub.call, "__chengxin_credentials__", ())
+        known = {id(r.security_scheme) for r in sub.security_requirements}
+        sub.security_requirements.extend(
+            SecurityRequirement(security_scheme=s, scopes=[]) for s in schemes if id(s) not in known
+        )
+        _declare_credentials(sub)
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -335,7 +374,9 @@ def require(
     allowed = frozenset(roles)
     listed = ", ".join(roles)
 
-    async def dependency(caller: Caller) -> Principal:
+    @declares_credentials
+    async def dependency(request: Request) -> Principal:
+        caller = await current_principal(request)  # called, not solved: one step fewer
         if caller.role in allowed:
             return caller
         if caller.role in conceal_from:
@@ -404,6 +445,10 @@ async def guard_body(request: Request, media_types: tuple[str, ...]) -> None:
 
 class GuardedRoute(APIRoute):
     """A route whose body is checked for size, media type and JSON before anything else."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        _declare_credentials(self.dependant)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The route's handler, behind the body checks."""

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -238,13 +239,38 @@ def subject_id_of(session: Session, subject: SubjectId) -> int | None:
 
 def check_detail(principal: Principal, decision: Decision) -> dict[str, Any]:
     """What the audit event of a decision holds: measure, outcome, reasons, policy, service kind."""
+    return _decision_detail(principal.service_kind, decision)
+
+
+def _decision_detail(service_kind: str | None, decision: Decision) -> dict[str, Any]:
     return {
         "measure": decision.measure,
         "decision": decision.outcome,
         "reasons": list(decision.reasons),
         "policy_version": decision.policy_version,
-        "service_kind": principal.service_kind,
+        "service_kind": service_kind,
     }
+
+
+@lru_cache(maxsize=4096)
+def _check_text(service_kind: str | None, decision: Decision) -> str:
+    """The checked, canonical detail of a decision (most checks share a handful of them)."""
+    detail = _decision_detail(service_kind, decision)
+    _check_detail(detail)
+    return canonical_json(detail)
+
+
+def draft_check(
+    *,
+    principal: Principal,
+    purpose: str | None,
+    subject_id: int | None,
+    decision: Decision,
+    now: datetime,
+) -> EventDraft:
+    """The event of a decision given to ``principal``: :func:`draft` of :func:`check_detail`."""
+    text = _check_text(principal.service_kind, decision)
+    return EventDraft(principal.name, principal.role, "check", purpose, subject_id, text, now)
 
 
 def record_check(

@@ -68,12 +68,11 @@ async def create_check(
             decision, subject_id = checker.check_subject(subject, measure, kind, rescore=rescore)
         if decision is None:
             return None, None
-        event = audit.draft(
+        event = audit.draft_check(
             principal=caller,
-            action="check",
             purpose=body.purpose,
             subject_id=subject_id,  # None for a subject chengxin holds nothing on
-            detail=audit.check_detail(caller, decision),
+            decision=decision,
             now=clock.now(),
         )
         return decision, event
