@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from fastapi import FastAPI
 from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from chengxin.api.deps import _bearer_token
