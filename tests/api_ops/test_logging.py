@@ -7,13 +7,16 @@ import logging.config
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api_ops.opstools import LogCapture, TestClient, bearer, wrong_check
-from chengxin.api.logging import JsonFormatter, log_config
+from chengxin.api.logging import JsonFormatter, _Stamps, log_config
 from chengxin.service.principals import Principal, Role
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -168,3 +171,16 @@ def test_serve_logs_json_and_turns_off_uvicorns_access_log() -> None:
             lg.setLevel(level)
             lg.handlers[:] = handlers
             lg.propagate = propagate
+
+
+@given(
+    st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False)  # to 2100
+    | st.integers(0, 4_102_444_800).map(lambda s: s + 0.9999995)  # rounding up a second
+    | st.integers(0, 4_102_444_800).map(lambda s: s + 0.0005)
+)
+def test_the_time_of_a_line_is_datetimes_iso_format_to_the_millisecond(t: float) -> None:
+    stamps = _Stamps()
+    expected = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+    assert stamps(t) == expected
+    assert stamps(t) == expected  # from the second's memo
+    assert stamps(t + 1) == datetime.fromtimestamp(t + 1, UTC).isoformat(timespec="milliseconds")
