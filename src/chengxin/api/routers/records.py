@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import ORJSONResponse
 from sqlalchemy.orm import Session
 
 from chengxin.api.deps import DbSession, GuardedRoute, Now, error_responses, require
@@ -157,7 +157,7 @@ def _respond(
     digest: str,
     status: int,
     body: dict[str, Any],
-) -> JSONResponse:
+) -> ORJSONResponse:
     if key is not None:
         remember(
             session,
@@ -168,7 +168,7 @@ def _respond(
             body=body,
             now=clock.now(),
         )
-    return JSONResponse(body, status)
+    return ORJSONResponse(body, status)
 
 
 @router.post(
@@ -188,14 +188,14 @@ def create_record(
     clock: Now,
     caller: Provider,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> ORJSONResponse:
     """Store one interchange line: 201 accepted, 200 duplicate, 422 rejected with its reason."""
     line = body.line()
     authorize_lines(caller, [line])
     checking = _check(request, clock, [line])
     stored, digest = _replayed(session, caller, idempotency_key, request, line)
     if stored is not None:
-        return JSONResponse(stored.body, stored.status_code)
+        return ORJSONResponse(stored.body, stored.status_code)
     report = _submit(session, caller, clock, checking)
     _observe(request, report, stored=True)
     (result,) = report.results
@@ -220,7 +220,7 @@ def create_records(
     clock: Now,
     caller: Provider,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> ORJSONResponse:
     """Store a batch. ``atomic``: any rejected line stores nothing (422 ``batch_rejected``)."""
     # A batch allocates some 10^5 short-lived, acyclic objects: without the cyclic
     # collector's passes over them (checking.gc_paused; it is on again once the last
@@ -236,7 +236,7 @@ def _create_records(
     clock: Clock,
     caller: Principal,
     idempotency_key: str | None,
-) -> JSONResponse:
+) -> ORJSONResponse:
     limit: int = request.app.state.runtime.settings.max_batch
     if len(body.records) > limit:
         raise ApiError(422, "batch_too_large", f"a batch has at most {limit} lines")
@@ -247,7 +247,7 @@ def _create_records(
         session, caller, idempotency_key, request, {"records": lines, "atomic": body.atomic}
     )
     if stored is not None:
-        return JSONResponse(stored.body, stored.status_code)
+        return ORJSONResponse(stored.body, stored.status_code)
     report = _submit(session, caller, clock, checking)
     results = [_result(r) for r in report.results]
     _observe(request, report, stored=not (body.atomic and report.rejected))
