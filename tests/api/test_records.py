@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from chengxin.api.deps import CollectorPause
 from chengxin.store.schema import api_requests, ledger, records
 
 Auth = Callable[[str], dict[str, str]]
@@ -324,3 +326,49 @@ def test_batch_bodies_read_and_write_as_their_models_do(
     assert r.status_code == 200, r.text
     assert RecordBatchRead.model_validate(r.json()).model_dump() == r.json()
     assert list(r.json()) == list(RecordBatchRead.model_fields)
+
+
+def test_the_collector_is_off_for_a_whole_batch_request_and_back_on_after_it(
+    client: TestClient,
+    auth: Auth,
+    record_line: RecordLine,
+    rid: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chengxin.api.routers import records as route
+
+    seen: list[bool] = []
+    check = route._check
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(route, "_check", spy)
+    assert gc.isenabled()
+    good = {"records": [record_line(rid=rid(n)) for n in range(3)], "atomic": True}
+    bad = {"records": [{**record_line(rid=rid(5)), "occurred_at": "2099-01-01"}], "atomic": True}
+    assert client.post("/v1/records:batch", json=good, headers=auth("provider")).status_code == 200
+    assert gc.isenabled()
+    assert client.post("/v1/records:batch", json=bad, headers=auth("provider")).status_code == 422
+    assert gc.isenabled()  # after a refusal too
+    assert client.post("/v1/records", json=good["records"][0], headers=auth("provider")).is_success
+    assert seen == [False, False, True]  # a single record is not a bulk request
+
+
+def test_overlapping_bulk_requests_turn_the_collector_on_when_the_last_ends() -> None:
+    pause = CollectorPause()
+    assert gc.isenabled()
+    try:
+        pause.enter()
+        pause.enter()
+        pause.exit()
+        assert not gc.isenabled()  # the other request still runs
+        pause.exit()
+        assert gc.isenabled()
+        gc.disable()  # off before: left off
+        pause.enter()
+        pause.exit()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -15,14 +15,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import ORJSONResponse
 from sqlalchemy.orm import Session
 
-from chengxin.api.deps import DbSession, GuardedRoute, Now, error_responses, require
+from chengxin.api.deps import DbSession, GuardedRoute, Now, bulk, error_responses, require
 from chengxin.api.errors import ApiError
 from chengxin.api.metrics import observe_ingest
 from chengxin.api.permissions import PROVIDERS
 from chengxin.api.schemas import RecordBatchCreate, RecordBatchRead, RecordCreate, RecordResult
 from chengxin.domain.policy import Policy
 from chengxin.service import audit
-from chengxin.service.checking import CheckedLines, check_lines, gc_paused
+from chengxin.service.checking import CheckedLines, check_lines
 from chengxin.service.clock import Clock
 from chengxin.service.ingest import BatchReport, LineResult, store_checked
 from chengxin.service.policies import active_policy
@@ -213,6 +213,7 @@ def create_record(
     responses=_ERRORS,
     summary="Submit up to 10,000 lines, all-or-nothing or per line",
 )
+@bulk  # the collector is off for the request (deps.CollectorPause)
 def create_records(
     body: RecordBatchCreate,
     request: Request,
@@ -222,21 +223,6 @@ def create_records(
     idempotency_key: IdempotencyKey = None,
 ) -> ORJSONResponse:
     """Store a batch. ``atomic``: any rejected line stores nothing (422 ``batch_rejected``)."""
-    # A batch allocates some 10^5 short-lived, acyclic objects: without the cyclic
-    # collector's passes over them (checking.gc_paused; it is on again once the last
-    # batch of the process running since it was on ends).
-    with gc_paused():
-        return _create_records(body, request, session, clock, caller, idempotency_key)
-
-
-def _create_records(
-    body: RecordBatchCreate,
-    request: Request,
-    session: Session,
-    clock: Clock,
-    caller: Principal,
-    idempotency_key: str | None,
-) -> ORJSONResponse:
     limit: int = request.app.state.runtime.settings.max_batch
     if len(body.records) > limit:
         raise ApiError(422, "batch_too_large", f"a batch has at most {limit} lines")
