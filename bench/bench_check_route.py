@@ -10,6 +10,13 @@ compare runs interleaved.
 
     .venv/bin/python bench/bench_check_route.py [--requests 20000] [--repeats 3]
 
+With ``--callgrind`` it counts instructions instead, which do not depend on
+what else the host is doing (run it under valgrind; it switches the count
+on around each measured phase only, so start-up is not counted):
+
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/tmp/cg.%p \
+        .venv/bin/python bench/bench_check_route.py --callgrind --requests 1000 --repeats 1
+
 It needs the database of ``bench/bench_api.py`` (built there, or here with
 ``--rebuild``); it registers fresh service keys and appends audit events to it.
 """
@@ -20,6 +27,7 @@ import argparse
 import asyncio
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -69,7 +77,7 @@ def parse(raw: bytes) -> Request:
 
 
 async def drive(
-    app: Any, make: Callable[[int], Request], n: int, concurrency: int
+    app: Any, make: Callable[[int], Request], n: int, concurrency: int, warm_up: int = 200
 ) -> dict[str, Any]:
     """``n`` requests, ``concurrency`` at a time; CPU per request, in all and by thread."""
 
@@ -107,7 +115,7 @@ async def drive(
         await app(scope, receive, send)
         return status[0]
 
-    for i in range(min(200, n)):  # warm up
+    for i in range(min(warm_up, n)):  # warm up
         await call(*make(i))
     statuses: dict[int, int] = {}
     queue = list(range(n))
@@ -133,6 +141,46 @@ async def drive(
     }
 
 
+class Callgrind:
+    """Instructions of a phase, from callgrind (this process runs under ``valgrind``)."""
+
+    def __init__(self) -> None:
+        self.phases = 0
+
+    def _control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(os.getpid())], check=True, capture_output=True
+        )
+
+    def start(self) -> None:
+        """Count from now (the counters zeroed)."""
+        self._control("-z")
+        self._control("-i", "on")
+
+    def stop(self) -> int:
+        """Stop counting; the instructions since :meth:`start`, from the dump callgrind writes."""
+        self._control("-i", "off")
+        self._control("-d")
+        self.phases += 1  # dumps are numbered from 1, after the file the docstring names
+        for line in Path(f"/tmp/cg.{os.getpid()}.{self.phases}").read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+        raise SystemExit("no totals in the callgrind dump: see the module's docstring")
+
+
+async def measure(
+    app: Any, make: Callable[[int], Request], args: argparse.Namespace, counter: Callgrind | None
+) -> dict[str, Any]:
+    """:func:`drive`, with the instructions a request when ``counter`` is given."""
+    if counter is None:
+        return await drive(app, make, args.requests, args.concurrency)
+    await drive(app, make, min(200, args.requests), args.concurrency)  # warm up, not counted
+    counter.start()
+    got = await drive(app, make, args.requests, args.concurrency, warm_up=0)
+    got["instructions"] = round(counter.stop() / args.requests)
+    return got
+
+
 async def main(args: argparse.Namespace) -> None:
     """Health, then checks, ``--repeats`` times, on one app."""
     db = str(args.db)
@@ -145,20 +193,20 @@ async def main(args: argparse.Namespace) -> None:
     health: Request = ("GET", "/healthz", [], b"")
     app = create_app(Settings.from_env(db=db))
     print(f"{args.requests:,} requests a phase, {args.concurrency} at a time, on {db}")
-    print("| phase | req/s | CPU µs a request | by thread (µs) | ÷ health |")
+    counter = Callgrind() if args.callgrind else None
+    cost = "instructions a request" if counter else "CPU µs a request"
+    key = "instructions" if counter else "cpu_us"
+    print(f"| phase | req/s | {cost} | by thread (CPU µs) | ÷ health |")
     print("|---|---:|---:|---|---:|")
     async with app.router.lifespan_context(app):
         for _ in range(args.repeats):
-            base = await drive(app, lambda i: health, args.requests, args.concurrency)
-            got = await drive(
-                app, lambda i: checks[i % len(checks)], args.requests, args.concurrency
-            )
+            base = await measure(app, lambda i: health, args, counter)
+            got = await measure(app, lambda i: checks[i % len(checks)], args, counter)
             assert set(got["statuses"]) == {200}, got["statuses"]
             for name, r in (("`GET /healthz`", base), ("`POST /v1/checks`", got)):
-                ratio = r["cpu_us"] / base["cpu_us"]
+                ratio = r[key] / base[key]
                 print(
-                    f"| {name} | {r['per_s']:,} | {r['cpu_us']} | {r['by_thread_us']} "
-                    f"| {ratio:.2f} |"
+                    f"| {name} | {r['per_s']:,} | {r[key]:,} | {r['by_thread_us']} | {ratio:.2f} |"
                 )
 
 
@@ -170,4 +218,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions (run under valgrind)"
+    )
     uvloop.run(main(parser.parse_args()))
