@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from chengxin.api.deps import CollectorPause
+from chengxin.service.checking import gc_paused
 from chengxin.store.schema import api_requests, ledger, records
 
 Auth = Callable[[str], dict[str, str]]
@@ -357,18 +357,18 @@ def test_the_collector_is_off_for_a_whole_batch_request_and_back_on_after_it(
 
 
 def test_overlapping_bulk_requests_turn_the_collector_on_when_the_last_ends() -> None:
-    pause = CollectorPause()
+    first, second = gc_paused(), gc_paused()
     assert gc.isenabled()
     try:
-        pause.enter()
-        pause.enter()
-        pause.exit()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first to begin ends first
         assert not gc.isenabled()  # the other request still runs
-        pause.exit()
+        second.__exit__(None, None, None)
         assert gc.isenabled()
         gc.disable()  # off before: left off
-        pause.enter()
-        pause.exit()
+        with gc_paused():
+            pass
         assert not gc.isenabled()
     finally:
         gc.enable()

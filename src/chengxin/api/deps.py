@@ -19,7 +19,6 @@ pool only where it blocks.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import queue
 import secrets
@@ -47,6 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from chengxin.api.errors import ApiError, error_body
 from chengxin.service.audit_writer import AuditWriter
 from chengxin.service.checker import Checker
+from chengxin.service.checking import gc_paused
 from chengxin.service.clock import Clock
 from chengxin.service.errors import ServiceError
 from chengxin.service.keycache import KeyCache
@@ -445,46 +445,15 @@ async def guard_body(request: Request, media_types: tuple[str, ...]) -> None:
 
 
 def bulk(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark an endpoint as a bulk job: the cyclic garbage collector is off while it runs."""
+    """Mark an endpoint as a bulk job: the cyclic garbage collector is off while it runs.
+
+    From the request's first byte until its parsed body is freed
+    (:func:`~chengxin.service.checking.gc_paused`): a 1,000-line batch makes
+    some 10^5 short-lived objects, which collections during its parsing and
+    validation would otherwise walk, promote, and walk again.
+    """
     endpoint.__chengxin_bulk__ = True  # type: ignore[attr-defined]
     return endpoint
-
-
-class CollectorPause:
-    """The cyclic garbage collector off while any bulk request of the process runs.
-
-    A 1,000-line batch allocates some 10^5 small, acyclic objects, all freed by
-    reference counting once its request is over. With the collector on, each
-    burst of allocations sets off collections that walk them all, and they
-    survive into older generations to be walked again. Here the collector is
-    off from the request's first byte until its last object is gone: a count of
-    the requests running, not a nesting, so that two overlapping batches leave
-    it on only once both have ended.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-        self._was_on = True
-
-    def enter(self) -> None:
-        """One more bulk request running: the collector goes off with the first."""
-        with self._lock:
-            if self._running == 0:
-                self._was_on = gc.isenabled()
-                gc.disable()
-            self._running += 1
-
-    def exit(self) -> None:
-        """One fewer: the collector is on again (if it was) when the last one ends."""
-        with self._lock:
-            self._running -= 1
-            if self._running == 0 and self._was_on:
-                gc.enable()
-
-
-COLLECTOR = CollectorPause()
-"""The process's one pause of the collector for bulk requests."""
 
 
 class GuardedRoute(APIRoute):
@@ -508,14 +477,13 @@ class GuardedRoute(APIRoute):
             return guarded
 
         async def paused(request: Request) -> Response:
-            COLLECTOR.enter()
-            try:
-                return await guarded(request)
-            finally:
-                # The handler's values are gone; the parsed body goes too before
-                # the collector is back, so it has nothing of this request to walk.
-                request.__dict__.pop("_json", None)
-                COLLECTOR.exit()
+            with gc_paused():
+                try:
+                    return await guarded(request)
+                finally:
+                    # The handler's values are gone; the parsed body goes too before
+                    # the collector is back, so it has nothing of this request to walk.
+                    request.__dict__.pop("_json", None)
 
         return paused
 

@@ -17,6 +17,7 @@ import json
 import marshal
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -295,6 +296,18 @@ def check_chunk(chunk: RawLines | Sequence[Line], policy: Policy, today: date) -
 # -- worker processes ------------------------------------------------------------------
 
 
+class _Pauses:
+    """The collector's pauses running in this process: a count, so they may overlap."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.was_on = True
+
+
+_pauses = _Pauses()
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """The cyclic garbage collector off for a bulk job, as it was afterwards.
@@ -302,14 +315,22 @@ def gc_paused() -> Iterator[None]:
     A chunk allocates hundreds of thousands of small, acyclic objects (freed by
     reference counting), and every allocation burst sets off collections that
     walk the whole heap: about a third of the import's time when left on.
+    Pauses are counted, not nested: the collector is off from the first to
+    begin until the last to end, whatever the order they end in (two batch
+    requests of one server overlap), and on again then if it was on before.
     """
-    was = gc.isenabled()
-    gc.disable()
+    with _pauses.lock:
+        if _pauses.running == 0:
+            _pauses.was_on = gc.isenabled()
+            gc.disable()
+        _pauses.running += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _pauses.lock:
+            _pauses.running -= 1
+            if _pauses.running == 0 and _pauses.was_on:
+                gc.enable()
 
 
 _worker_policy: Policy | None = None

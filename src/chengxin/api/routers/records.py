@@ -213,7 +213,7 @@ def create_record(
     responses=_ERRORS,
     summary="Submit up to 10,000 lines, all-or-nothing or per line",
 )
-@bulk  # the collector is off for the request (deps.CollectorPause)
+@bulk  # the collector is off for the whole request (deps.bulk)
 def create_records(
     body: RecordBatchCreate,
     request: Request,
